@@ -1,0 +1,154 @@
+"""The `mia-pruning` command: parsing, exit codes (0 ok, 1 failed cells, 2 bad input), and its subcommands."""
+import json, os, shutil, subprocess, sys, types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mia_pruning import cli
+from mia_pruning.grid import GridLock
+from mia_pruning.pipeline import CELL_DEFAULTS
+from test_grid import stub_template, read_log
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def stub(tmp_path, monkeypatch):
+    monkeypatch.setenv('MIA_TEST_LOG', str(tmp_path / 'log.txt'))
+    monkeypatch.setenv('MIA_PRUNING_TEMPLATE', str(stub_template(tmp_path / 'stub.ipynb', fail_seed=13)))
+    return tmp_path
+
+
+def test_values_are_typed_after_the_defaults():
+    p = cli.parse_assignments(['sparsity=1', 'seed=11', 'adaptive=TRUE', 'dense_shadows=0', 'data_root=007', 'attacks=gap,conf'])
+    assert p == {'sparsity': 1.0, 'seed': 11, 'adaptive': True, 'dense_shadows': False, 'data_root': '007', 'attacks': 'gap,conf'}
+    assert type(p['sparsity']) is float and type(p['seed']) is int
+    for bad, msg in [(['sparsty=0.5'], "did you mean 'sparsity'"), (['seed=1.5'], 'seed takes a int'),
+                     (['sparsity=high'], 'sparsity takes a float'), (['adaptive=2'], 'true/false'),
+                     (['seed'], 'expected key=value'), (['seed=1', 'seed=2'], 'given twice')]:
+        with pytest.raises(ValueError, match=msg): cli.parse_assignments(bad)
+    assert set(cli.parse_assignments([f'{k}={v}' for k, v in CELL_DEFAULTS.items()])) == set(CELL_DEFAULTS)
+
+
+@pytest.mark.parametrize('argv, msg', [
+    (['grid', '--preset', 'quik'], "unknown grid preset 'quik'"),
+    (['grid'], 'give either a YAML spec or --preset NAME'),
+    (['grid', 'x.yaml', '--preset', 'quick'], 'give either a YAML spec or --preset NAME'),
+    (['grid', 'missing.yaml'], "grid spec file 'missing.yaml' does not exist"),
+    (['grid', '--preset', 'quick', '--workers', '0'], 'workers must be a positive integer'),
+    (['grid', '--preset', 'quick', '--scheduler', 'tcp://h:8786'], "executor='dask'"),
+    (['run', 'sparsity=1.5'], 'sparsity'),
+    (['run', 'prune_method=l1_structured', 'arch=mlp'], 'Conv2d'),
+    (['run', 'defense=dropout'], "unknown defense 'dropout'"),
+    (['run', 'sparsty=0.5'], "did you mean 'sparsity'"),
+    (['run', 'seed=x'], 'seed takes a int'),
+    (['run', '--name', '../up', 'seed=1'], 'is not allowed'),
+    (['report', 'nowhere'], 'is not a grid output folder'),
+])
+def test_bad_input_exits_2_before_anything_runs(argv, msg, capsys, stub, monkeypatch):
+    monkeypatch.chdir(stub)
+    code, out, err = run(argv, capsys)
+    assert code == 2 and msg in err and err.startswith('mia-pruning: error:')
+    assert read_log(stub / 'log.txt') == [] and not (stub / 'outputs').exists()
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e: cli.main(['grid', '--executor', 'slurm'])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e: cli.main(['frobnicate'])
+    assert e.value.code == 2
+
+
+def test_bad_yaml_exits_2(tmp_path, capsys):
+    (tmp_path / 'g.yaml').write_text('name: g\naxes:\n  sparsity: [0.5, 2.0]\nfixed: {dataset: digits, arch: mlp}\n')
+    code, out, err = run(['grid', str(tmp_path / 'g.yaml')], capsys)
+    assert code == 2 and '1 invalid cell(s)' in err and 'sparsity' in err
+
+
+def test_dry_run_lists_cells(capsys):
+    code, out, err = run(['grid', '--preset', 'quick', '--dry-run'], capsys)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 17 and lines[-1].startswith('16 valid cell(s)')
+    assert lines[0].split()[1:] == ['prune_method=l1_unstructured', 'sparsity=0.5', 'defense=none']
+
+
+def test_held_folder_exits_2(tmp_path, capsys, stub):
+    with GridLock(tmp_path / 'held'):
+        code, out, err = run(['grid', '--preset', 'smoke', '--out', str(tmp_path / 'held')], capsys)
+    assert code == 2 and f'process {os.getpid()}' in err and 'in use by another grid' in err
+
+
+def test_grid_exit_codes_and_report(tmp_path, capsys, stub):
+    spec = tmp_path / 'mine.yaml'
+    spec.write_text('axes: {seed: [7, 13]}\nfixed: {dataset: digits, arch: mlp}\n')
+    out = tmp_path / 'o'
+    code, text, err = run(['grid', str(spec), '--out', str(out), '--workers', '1', '--no-progress'], capsys)
+    assert code == 1 and '1 ran, 0 skipped, 1 failed' in text and 'asked to fail' in text
+    assert (out / 'summary.csv').exists() and (out / 'figures' / 'attack_vs_sparsity_digits_mlp.png').exists()
+    assert (out / 'tables' / 'attack_accuracy.md').exists()
+    spec.write_text('axes: {seed: [7]}\nfixed: {dataset: digits, arch: mlp}\n')
+    code, text, err = run(['grid', str(spec), '--out', str(out), '--workers', '1', '--no-progress', '--no-report'], capsys)
+    assert code == 0 and '0 ran, 1 skipped, 0 failed' in text and 'report:' not in text
+
+
+def test_run_one_cell(tmp_path, capsys, stub, monkeypatch):
+    monkeypatch.setenv('MIA_PRUNING_OUTPUTS', str(tmp_path / 'outputs'))
+    code, text, err = run(['run', 'dataset=digits', 'arch=cnn', 'sparsity=0.8', 'prune_method=slimming', '--no-progress'], capsys)
+    assert code == 0, err
+    runs = list((tmp_path / 'outputs' / 'single' / 'runs').iterdir())
+    assert len(runs) == 1 and f'run folder: {runs[0]}' in text
+    params = json.loads((runs[0] / 'params.json').read_text())['params']
+    assert (params['arch'], params['sparsity'], params['prune_method']) == ('cnn', 0.8, 'slimming')
+    code, text, err = run(['run', 'seed=13', '--no-progress'], capsys)
+    assert code == 1 and 'FAILED' in text
+
+
+def test_report_command(tmp_path, capsys):
+    out = tmp_path / 'g'
+    for i, s in enumerate([0.5, 0.9]):
+        rd = out / 'runs' / f'cell{i}'
+        rd.mkdir(parents=True)
+        (rd / 'params.json').write_text(json.dumps({'params': {'dataset': 'digits', 'arch': 'mlp', 'prune_method': 'l1_unstructured',
+                                                               'sparsity': s, 'defense': 'none', 'seed': 7}}))
+        (rd / 'rows.json').write_text(json.dumps([{'model_state': st, 'attack': a, 'attack_acc': 0.5 + s / 10, 'test_acc': 0.9,
+                                                   'auc': 0.6, 'tpr_at_0_1pct_fpr': 0.01} for st in ('dense', 'pruned') for a in ('conf', 'loss')]))
+        (rd / 'metrics.json').write_text('{}')
+    code, text, err = run(['report', str(out)], capsys)
+    assert code == 0 and 'summary.csv: 8 rows from 2 complete run(s)' in text
+    assert 'skipped divergence' in text  # these synthetic runs hold no scores.npz: said, not hidden
+    assert len(pd.read_csv(out / 'summary.csv')) == 8 and (out / 'figures' / 'attacks_digits_mlp.png').exists()
+    code, text, err = run(['report', str(out), '--cell', 'nope'], capsys)
+    assert code == 2 and "cell 'nope' is not in" in err
+
+
+def test_bench_is_delegated(monkeypatch, capsys):
+    seen = {}
+    fake = types.ModuleType('mia_pruning.bench')
+    fake.main = lambda argv: seen.setdefault('argv', argv) and 3
+    monkeypatch.setitem(sys.modules, 'mia_pruning.bench', fake)
+    assert cli.main(['bench', '--suite', 'gpu', '--smoke']) == 3 and seen['argv'] == ['--suite', 'gpu', '--smoke']
+    monkeypatch.setitem(sys.modules, 'mia_pruning.bench', types.ModuleType('mia_pruning.bench'))  # no main()
+    code, out, err = run(['bench'], capsys)
+    assert code == 2 and 'mia_pruning.bench.main' in err
+
+
+def test_console_script():
+    exe = shutil.which('mia-pruning') or str(Path(sys.executable).with_name('mia-pruning'))
+    if not Path(exe).exists(): pytest.skip('the console script is not installed (pip install -e .)')
+    r = subprocess.run([exe, '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(c in r.stdout for c in ('grid', 'run', 'report', 'bench'))
+
+
+def test_real_template_failure_is_reported(tmp_path, capsys):
+    # the real experiment notebook, a cell whose data is absent: it fails fast, exit 1, traceback kept
+    code, text, err = run(['run', 'dataset=cifar10', 'arch=resnet20', f'data_root={tmp_path / "empty"}',
+                           '--out', str(tmp_path / 'o'), '--no-progress'], capsys)
+    assert code == 1 and 'FAILED' in text and 'cifar10' in text.lower()
+    nb = next((tmp_path / 'o' / 'runs').iterdir()) / 'run.ipynb'
+    assert 'FileNotFoundError' in text and 'FileNotFoundError' in nb.read_text()  # the traceback is in the notebook
+    assert not (nb.parent / 'metrics.json').exists()

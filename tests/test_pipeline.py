@@ -1,0 +1,106 @@
+"One grid cell end to end: defenses, adversary variants, run folders, determinism and the validation errors."
+import math
+
+import numpy as np
+import pytest
+
+from mia_pruning.core import load_json
+from mia_pruning.pipeline import CELL_DEFAULTS, cell_id, is_complete, run_cell, validate_params, write_run
+
+TINY = dict(dataset='digits', arch='mlp', epochs=3, num_shadows=2, attacks='gap,conf,loss', n_boot=0, num_references=0,
+            sparsity=0.5, progress=False)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return TINY | {'cache_dir': str(tmp_path / 'cache')}
+
+
+def test_rows_cover_every_state_and_attack(tiny):
+    res = run_cell(**tiny)
+    assert {(r['model_state'], r['attack']) for r in res.rows} == {(s, a) for s in ('dense', 'pruned') for a in ('gap', 'conf', 'loss')}
+    for r in res.rows:
+        assert 0 <= r['auc'] <= 1 and 0 <= r['attack_acc'] <= 1 and math.isfinite(r['test_acc'])
+    assert abs(res.metrics['pruned/measured_sparsity'] - 0.5) < 0.02
+    assert res.metrics['dense/measured_sparsity'] == 0.0
+
+
+def test_same_cell_twice_gives_byte_identical_metrics(tmp_path):
+    a = write_run(tmp_path / 'a', run_cell(**TINY, cache_dir=str(tmp_path / 'c1')))
+    b = write_run(tmp_path / 'b', run_cell(**TINY, cache_dir=str(tmp_path / 'c2')))
+    assert (a / 'metrics.json').read_bytes() == (b / 'metrics.json').read_bytes()
+    assert (a / 'rows.json').read_bytes() == (b / 'rows.json').read_bytes()
+
+
+def test_run_folder_is_self_describing(tiny, tmp_path):
+    res = run_cell(**tiny)
+    run = write_run(tmp_path / 'run', res)
+    assert is_complete(run)
+    params = load_json(run / 'params.json')
+    assert params['params']['sparsity'] == 0.5 and params['provenance']['env']['torch']
+    assert set(params['provenance']['split_hashes']) == {'victim', 'shadow0', 'shadow1'}
+    scores = np.load(run / 'scores.npz')
+    assert scores['pruned__score__conf'].shape == scores['pruned__is_member'].shape
+
+
+def test_ppb_adaptive_and_dense_shadow_variants(tiny):
+    base = run_cell(**tiny)
+    ppb = run_cell(**tiny | {'defense': 'ppb'})
+    assert ppb.rows[0]['defense_param'] == 4.0
+    assert ppb.provenance['cache_keys']['pruned'][0] != base.provenance['cache_keys']['pruned'][0]
+    assert ppb.provenance['cache_keys']['pruned'][1:] == base.provenance['cache_keys']['pruned'][1:]  # shadows undefended
+    adaptive = run_cell(**tiny | {'defense': 'ppb', 'adaptive': True})
+    assert adaptive.provenance['cache_keys']['pruned'][1:] != base.provenance['cache_keys']['pruned'][1:]
+    dense_sh = run_cell(**tiny | {'dense_shadows': True})
+    assert dense_sh.provenance['cache_keys']['pruned'][1:] == base.provenance['cache_keys']['dense'][1:]
+    other = run_cell(**tiny | {'shadow_prune_method': 'global_unstructured', 'shadow_sparsity': 0.7})
+    assert other.rows[0]['shadow_prune_method'] == 'global_unstructured' and other.rows[0]['shadow_sparsity'] == 0.7
+    # the dense state is shared: its attacks were computed once and reused
+    for r in (ppb, adaptive, other):
+        assert r.metrics['dense/conf/auc'] == base.metrics['dense/conf/auc']
+
+
+def test_dpsgd_cell_reports_epsilon(tiny):
+    res = run_cell(**tiny | {'defense': 'dpsgd', 'defense_param': 1.0})
+    eps = res.rows[0]['epsilon']
+    assert math.isfinite(eps) and eps > 0
+    assert abs(res.metrics['pruned/measured_sparsity'] - 0.5) < 0.02
+
+
+def test_structured_cell_on_cnn_with_reference_attacks(tmp_path):
+    res = run_cell(**TINY | {'arch': 'cnn', 'prune_method': 'l1_structured', 'attacks': 'lira_offline,lira_online,rmia',
+                             'num_references': 2, 'cache_dir': str(tmp_path)})
+    assert {r['attack'] for r in res.rows} == {'lira_offline', 'lira_online', 'rmia'}
+    assert all(0 <= r['auc'] <= 1 for r in res.rows)
+
+
+@pytest.mark.parametrize('bad,match', [
+    ({'datset': 'digits'}, 'unknown cell parameter'),
+    ({'dataset': 'mnist'}, 'unknown dataset'),
+    ({'arch': 'resnet50'}, 'unknown arch'),
+    ({'prune_method': 'random'}, 'unknown prune method'),
+    ({'defense': 'dropout'}, 'unknown defense'),
+    ({'attacks': 'conf,foo'}, 'unknown attack'),
+    ({'sparsity': 1.0}, 'sparsity'),
+    ({'sparsity': -0.1}, 'sparsity'),
+    ({'sparsity': '0.5'}, 'must be of type float'),
+    ({'num_shadows': 0}, 'num_shadows must be >= 1'),
+    ({'adaptive': 1}, 'must be of type bool'),
+    ({'arch': 'mlp', 'prune_method': 'slimming'}, 'BatchNorm'),
+    ({'arch': 'column_fc', 'dataset': 'purchase100', 'prune_method': 'l2_structured'}, 'Conv2d'),
+    ({'defense': 'ppb', 'defense_param': -2.0}, 'defense_param'),
+    ({'defense': 'label_smoothing', 'defense_param': 1.5}, 'smoothing'),
+    ({'num_references': 3}, 'even'),
+    ({'attacks': 'lira_online', 'num_references': 0}, 'num_references >= 2'),
+    ({'device': 'tpu'}, 'unknown device'),
+])
+def test_bad_cells_fail_before_any_work(bad, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        run_cell(**bad, cache_dir=str(tmp_path / 'cache'))
+    assert not (tmp_path / 'cache').exists()
+
+
+def test_cell_id_ignores_where_and_how_fast():
+    assert cell_id({'seed': 1, 'threads': 2, 'device': 'cpu'}) == cell_id({'seed': 1})
+    assert cell_id({'seed': 1}) != cell_id({'seed': 2})
+    assert set(validate_params({})) == set(CELL_DEFAULTS)
