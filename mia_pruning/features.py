@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from .core import get_device
 
 # %% auto #0
-__all__ = ['model_outputs', 'posteriors', 'per_sample_loss', 'logit_scaled_confidence', 'true_class_prob', 'sensitivity_noise',
-           'sensitivity', 'AttackData', 'attack_data_for']
+__all__ = ['bar_disabled', 'model_outputs', 'posteriors', 'per_sample_loss', 'logit_scaled_confidence', 'true_class_prob',
+           'sensitivity_noise', 'sensitivity', 'AttackData', 'attack_data_for']
 
 # %% ../nbs/05_features.ipynb #f70fdc2d
 def _as_index(idx, name: str = 'idx') -> np.ndarray:
@@ -31,9 +31,11 @@ def _check_index(ds, idx: np.ndarray, name: str = 'idx'):
     if len(idx) and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f'{name} holds indices outside [0, {n}) (min {idx.min()}, max {idx.max()}) for a dataset of {n} samples')
 
-def _no_bar(progress: bool | None):
+def bar_disabled(progress: bool | None):
     "tqdm's `disable` for a progress flag: False/True as given, None = automatic (off when not a terminal)."
     return None if progress is None else not progress
+
+_no_bar = bar_disabled
 
 class _eval_mode:
     "Context: the model in eval mode on `device`, its previous train/eval mode restored on exit."

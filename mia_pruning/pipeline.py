@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pipeline.ipynb #e00686a2
 from __future__ import annotations
-import time, math, functools, shutil, os
+import time, math, functools, shutil, os, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -22,19 +22,21 @@ from .attacks import ATTACKS, resolve_attacks, run_attacks, balanced_in_mask, po
 from .divergence import divergence_summary
 
 # %% auto #0
-__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'effective_attacks', 'validate_params', 'cell_id', 'reference_splits',
-           'CellResult', 'run_cell', 'is_complete', 'write_run']
+__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'PARAM_RANGES', 'STRUCTURED_BN', 'effective_attacks', 'validate_params',
+           'resolve_params', 'cell_id', 'reference_splits', 'CellResult', 'run_cell', 'is_complete', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
     dataset='digits',            # a key of DATASETS
     arch='cnn',                  # a key of ARCHS
     data_root='',                # data folder ('' = $MIA_PRUNING_DATA or ~/.mia_pruning/data)
+    subsample=0,                 # draw a stratified, seeded subset of this many samples before the splits (0 = all)
     seed=7,                      # global seed: splits, training, attacks
     num_shadows=3,               # K shadow models (the study uses 5)
     epochs=0,                    # dense training epochs (0 = the study's recipe: 100 images / 50 tabular); fine-tuning uses epochs // 2
     prune_method='l1_unstructured',  # a key of PRUNE_METHODS
     sparsity=0.7,                # fraction of the method's units removed, in [0, 1)
+    structured_bn='keep',        # filter pruning: 'keep' the BatchNorm after a pruned filter (the study's) or 'zero' it (true removal)
     shadow_prune_method='same',  # the adversary's assumed method ('same' = the victim's)
     shadow_sparsity=-1.0,        # the adversary's assumed sparsity (-1 = the victim's)
     dense_shadows=False,         # attack the pruned victim with dense shadows (weaker adversary)
@@ -52,6 +54,7 @@ CELL_DEFAULTS = dict(
     cache_dir='',                # artifact cache ('' = outputs/cache)
 )
 # keys that change where or how fast a cell runs, not what it computes
+# (data_root is checked another way: params.json records the content hash of the data actually read)
 NON_SEMANTIC = ('data_root', 'device', 'threads', 'cache_dir')
 STATES = ('dense', 'pruned')
 
@@ -86,6 +89,20 @@ def _make_defense(p: dict):
     "The cell's Defense object (parameter checked; -1 means the defense's default)."
     return make_defense(p['defense'], None if p['defense_param'] == -1 else p['defense_param'])
 
+# inclusive bounds of the integer parameters: a seed is a 32-bit unsigned integer (numpy's and torch's seeds)
+PARAM_RANGES = {'seed': (0, 2**32 - 1), 'num_shadows': (1, 256), 'epochs': (0, 100_000), 'attack_epochs': (0, 100_000),
+                'num_references': (0, 1024), 'sensitivity_m': (1, 10_000), 'n_boot': (0, 100_000), 'threads': (0, 1024),
+                'subsample': (0, 10**9)}
+STRUCTURED_BN = ('keep', 'zero')
+_DEVICE_RE = re.compile(r'(auto|cpu|mps|cuda(:\d+)?)')
+
+def _check_device(device: str):
+    "A ValueError naming `device` unless it is well-formed and present on this machine."
+    if not _DEVICE_RE.fullmatch(device.strip().lower()):
+        raise ValueError(f"device {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N' (N an integer), 'mps'")
+    try: get_device(device)
+    except (RuntimeError, ValueError) as e: raise ValueError(f'device {device!r}: {e}') from None
+
 def validate_params(params: dict) -> dict:
     "Complete `params` with CELL_DEFAULTS and check every key, type, value and combination (ValueError otherwise)."
     unknown = sorted(set(params) - set(CELL_DEFAULTS))
@@ -100,27 +117,41 @@ def validate_params(params: dict) -> dict:
     check_name(p['defense'], DEFENSES, 'defense')
     check_sparsity(p['sparsity'])
     if p['shadow_sparsity'] != -1: check_sparsity(p['shadow_sparsity'])
-    ints = {'seed': 0, 'num_shadows': 1, 'epochs': 0, 'attack_epochs': 0, 'num_references': 0, 'sensitivity_m': 1,
-            'n_boot': 0, 'threads': 0}
-    for k, lo in ints.items():
-        if p[k] < lo: raise ValueError(f'parameter {k} must be >= {lo}, got {p[k]}')
+    for k, (lo, hi) in PARAM_RANGES.items():
+        if not lo <= p[k] <= hi: raise ValueError(f'parameter {k} must be in [{lo}, {hi}], got {p[k]}')
+    if p['structured_bn'] not in STRUCTURED_BN:
+        raise ValueError(f"structured_bn must be one of {STRUCTURED_BN}, got {p['structured_bn']!r}")
+    if p['defense'] == 'none' and p['defense_param'] != -1:
+        raise ValueError(f"defense 'none' takes no defense_param (leave it at -1), got {p['defense_param']}")
     if not (p['sensitivity_eps'] > 0 and math.isfinite(p['sensitivity_eps'])):
         raise ValueError(f"sensitivity_eps must be a positive number, got {p['sensitivity_eps']}")
     if p['defense_param'] != -1 and not (p['defense_param'] >= 0 and math.isfinite(p['defense_param'])):
         raise ValueError(f"defense_param must be >= 0 (or -1 for the defense's default), got {p['defense_param']}")
     if p['defense'] != 'none': _make_defense(p)
-    get_device(p['device'])
+    _check_device(p['device'])
     model = _probe_model(p['arch'], p['dataset'])  # arch x dataset compatibility (image-only archs on tabular data)
     for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}:
         _check_model_for(model, PRUNE_METHODS[m])
     effective_attacks(p)
     return p
 
-def cell_id(params: dict) -> str:
-    "A stable id of a cell: readable prefix + hash of the parameters that determine its results."
+def resolve_params(params: dict) -> dict:
+    "Validated `params` with every placeholder written out: the parameters that determine a cell's results."
     p = validate_params(params)
+    names, _ = effective_attacks(p)
+    p.update(shadow_prune_method=p['prune_method'] if p['shadow_prune_method'] == 'same' else p['shadow_prune_method'],
+             shadow_sparsity=p['sparsity'] if p['shadow_sparsity'] == -1 else p['shadow_sparsity'],
+             defense_param=float(_make_defense(p).param) if p['defense'] != 'none' else -1.0,
+             adaptive=p['adaptive'] and p['defense'] != 'none',  # an adaptive adversary of an undefended victim is the plain one
+             attacks=','.join(n for n in ATTACKS if n in names))  # registry order: 'all' and an explicit list agree
+    return p
+
+def cell_id(params: dict) -> str:
+    "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
+    p = resolve_params(params)
     sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC}
     return f"{p['dataset']}-{p['arch']}-{p['prune_method']}-{p['sparsity']:g}-{p['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
+
 
 # %% ../nbs/10_pipeline.ipynb #a2de5b9e
 def reference_splits(splits, num_models: int, seed: int) -> tuple[np.ndarray, list[Split]]:
@@ -148,7 +179,7 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     "Features + attacks for one model state, cached by the models' keys and the attack settings."
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
-           'attack_epochs': p['attack_epochs'], 'seed': p['seed'], 'sens': needs_sens, 'version': 1}
+           'attack_epochs': p['attack_epochs'], 'seed': p['seed'], 'sens': needs_sens, 'version': 2}
     def build(tmp: Path):
         pop = population_indices(splits, cap=2000, seed=p['seed'])
         kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device)
@@ -175,13 +206,12 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
 # %% ../nbs/10_pipeline.ipynb #b9385d59
 def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress):
     "Pruned victim (with defense), shadows (adversary's method/sparsity; defense if adaptive), references."
-    sm = p['prune_method'] if p['shadow_prune_method'] == 'same' else p['shadow_prune_method']
-    ss = p['sparsity'] if p['shadow_sparsity'] == -1 else p['shadow_sparsity']
     sp = dense.splits
     def one(model, split, method, sparsity, record, defended, seed):
         return defended_pruned_model(model, ds, split, p['arch'], method, sparsity, defense=p['defense'] if defended else 'none',
                                      param=p['defense_param'] if defended else None, cfg=cfg, seed=seed, cache=cache, dense_hash=_key(record),
                                      device=device, progress=progress)
+    sm, ss = p['shadow_prune_method'], p['shadow_sparsity']
     jobs = [('victim', dense.victim, sp.victim, p['prune_method'], p['sparsity'], dense.records['victim'], True, p['seed'])]
     if not p['dense_shadows']:
         jobs += [(f'shadow{k}', m, s, sm, ss, dense.records[f'shadow{k}'], p['adaptive'], p['seed'] + 1 + k)
@@ -194,9 +224,12 @@ def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progres
     return out
 
 def run_cell(progress: bool = True, # progress bars
+             out_dir: str | Path | None = None, # also write the run folder here (as the experiment notebook does)
              **params) -> CellResult:
     "Run one grid cell end to end (every stage cached); see CELL_DEFAULTS for the parameters."
-    p = validate_params(params)
+    given = validate_params(params)
+    p = resolve_params(given)
+    _, skipped = effective_attacks(given)
     t0 = time.time()
     if p['threads']: torch.set_num_threads(p['threads'])
     device = get_device(p['device'])
@@ -204,7 +237,7 @@ def run_cell(progress: bool = True, # progress bars
     cache = ArtifactCache(p['cache_dir'] or None)
     ds = load_dataset(p['dataset'], p['data_root'] or None)
     cfg = default_train_config(ds.kind, **({'epochs': p['epochs']} if p['epochs'] else {}))
-    names, skipped = effective_attacks(p)
+    names = resolve_attacks(p['attacks'])
     timings = {}
     dense = dense_models(ds, p['arch'], p['seed'], p['num_shadows'], cfg, cache, device=device, progress=progress)
     sp = dense.splits
@@ -216,25 +249,23 @@ def run_cell(progress: bool = True, # progress bars
     pruned = _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress)
     timings['prune'] = time.time() - t0 - timings['dense']
     pv, pv_info = pruned['victim']
+    K = p['num_shadows']
+    dense_keys = [dense.records['victim']['key']] + [dense.records[f'shadow{k}']['key'] for k in range(K)]
     states = {
         'dense': dict(target=dense.victim, shadows=dense.shadows, refs=[m for m, _ in refs_dense],
-                      keys=[dense.records['victim']['key']] + [dense.records[f'shadow{k}']['key'] for k in range(p['num_shadows'])]
-                           + [r['key'] for _, r in refs_dense]),
+                      keys=dense_keys + [r['key'] for _, r in refs_dense]),
         'pruned': dict(target=pv,
-                       shadows=dense.shadows if p['dense_shadows'] else [pruned[f'shadow{k}'][0] for k in range(p['num_shadows'])],
-                       refs=[pruned[f'reference{r}'][0] for r in range(R)]),
+                       shadows=dense.shadows if p['dense_shadows'] else [pruned[f'shadow{k}'][0] for k in range(K)],
+                       refs=[pruned[f'reference{r}'][0] for r in range(R)],
+                       keys=[_key(pv_info)] + (dense_keys[1:] if p['dense_shadows'] else [_key(pruned[f'shadow{k}'][1]) for k in range(K)])
+                            + [_key(pruned[f'reference{r}'][1]) for r in range(R)]),
     }
-    states['pruned']['keys'] = ([_key(pv_info)] + ([dense.records[f'shadow{k}']['key'] for k in range(p['num_shadows'])] if p['dense_shadows']
-                                else [_key(pruned[f'shadow{k}'][1]) for k in range(p['num_shadows'])])
-                                + [_key(pruned[f'reference{r}'][1]) for r in range(R)])
     acc = {'dense': {'test_acc': accuracy(dense.victim, ds, sp.victim.test), 'train_acc': accuracy(dense.victim, ds, sp.victim.train),
                      'measured_sparsity': 0.0},
            'pruned': {'test_acc': pv_info['test_acc'], 'train_acc': pv_info['train_acc'],
                       'measured_sparsity': pv_info['report']['measured']}}
     base = {k: p[k] for k in CELL_DEFAULTS if k not in NON_SEMANTIC}
-    base.update(cell_id=cell_id(p), shadow_prune_method=p['prune_method'] if p['shadow_prune_method'] == 'same' else p['shadow_prune_method'],
-                shadow_sparsity=p['sparsity'] if p['shadow_sparsity'] == -1 else p['shadow_sparsity'],
-                defense_param=_make_defense(p).param if p['defense'] != 'none' else float('nan'),
+    base.update(cell_id=cell_id(p), defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'),
                 epsilon=pv_info.get('epsilon', float('nan')))
     metrics, rows, scores, divergence = {}, [], {}, {}
     for state in STATES:
@@ -253,11 +284,20 @@ def run_cell(progress: bool = True, # progress bars
         if k in divergence['dense'] and k in divergence['pruned']:
             metrics[f'divergence/{k}_change'] = divergence['pruned'][k] - divergence['dense'][k]
     timings['total'] = time.time() - t0
-    prov = {'env': env_info(device), 'split_hashes': {'victim': splits_hash(sp.victim), **{f'shadow{k}': splits_hash(s) for k, s in enumerate(sp.shadows)}},
+    prov = {'env': env_info(device), 'data': _data_provenance(ds),
+            'split_hashes': {'victim': splits_hash(sp.victim), **{f'shadow{k}': splits_hash(s) for k, s in enumerate(sp.shadows)}},
             'cache_keys': {st: states[st]['keys'] for st in STATES}, 'skipped_attacks': skipped, 'timings': timings,
             'split_sizes': {'victim': sp.victim.sizes(), 'shadows': [s.sizes() for s in sp.shadows]},
-            'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id']}
-    return CellResult(p, metrics, rows, scores, prov, divergence)
+            'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id'],
+            'resolved_params': p}
+    result = CellResult(given, metrics, rows, scores, prov, divergence)
+    if out_dir: write_run(out_dir, result)
+    return result
+
+def _data_provenance(ds) -> dict:
+    "What was actually read: the dataset's name, size, source path(s) and content hash."
+    return {'name': ds.name, 'n': len(ds), 'source': getattr(ds, 'source', None), 'content_hash': getattr(ds, 'content_hash', None)}
+
 
 # %% ../nbs/10_pipeline.ipynb #ab50b1e6
 def _divergence_summary(arr: dict) -> dict:
