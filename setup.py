@@ -1,7 +1,10 @@
 """Classic nbdev 2 setup.py: every field comes from settings.ini (nbdev 2.4.14 does not write pyproject.toml here)."""
 from configparser import ConfigParser
 from pathlib import Path
+import shutil
 import setuptools
+from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 cfg = ConfigParser(delimiters=['='])
 cfg.read('settings.ini', encoding='utf-8')
@@ -18,7 +21,30 @@ lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
 
+TEMPLATE = Path('nbs') / 'experiment.ipynb'  # the papermill template: its one source is the notebook
+
+
+class build_py_with_template(build_py):
+    "Copy nbs/experiment.ipynb into the built package as mia_pruning/templates/experiment.ipynb (never kept in the tree)."
+    def run(self):
+        super().run()
+        if not TEMPLATE.is_file(): raise FileNotFoundError(f'{TEMPLATE} is missing: the package cannot run a grid without it')
+        dest = Path(self.build_lib) / cfg['lib_name'] / 'templates' / TEMPLATE.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(TEMPLATE, dest)
+
+
+class sdist_with_sources(sdist):
+    "An sdist that can build the wheel again: it carries settings.ini and the template notebook."
+    def make_release_tree(self, base_dir, files):
+        super().make_release_tree(base_dir, files)
+        for f in (Path('settings.ini'), TEMPLATE):
+            (Path(base_dir) / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, Path(base_dir) / f)
+
+
 setuptools.setup(
+    cmdclass={'build_py': build_py_with_template, 'sdist': sdist_with_sources},
     name=cfg['lib_name'],
     version=cfg['version'],
     description=cfg['description'],
@@ -37,7 +63,6 @@ setuptools.setup(
     ] + ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
-    package_data={cfg['lib_name']: ['presets/*.yaml', 'templates/*.ipynb']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,
