@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .core import (ArtifactCache, get_device, seed_everything, in_test, config_hash, env_info, save_json,
                               load_json, save_arrays, load_arrays)
-from .data import DATASETS, Split, load_dataset, check_name, splits_hash
+from .data import DATASETS, Split, load_dataset, subsample_dataset, check_name, splits_hash
 from .models import ARCHS, build_model
 from .train import default_train_config, dense_models, train_cached, accuracy
 from .prune import PRUNE_METHODS, check_sparsity, _check_model_for
@@ -99,7 +99,7 @@ _DEVICE_RE = re.compile(r'(auto|cpu|mps|cuda(:\d+)?)')
 def _check_device(device: str):
     "A ValueError naming `device` unless it is well-formed and present on this machine."
     if not _DEVICE_RE.fullmatch(device.strip().lower()):
-        raise ValueError(f"device {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N' (N an integer), 'mps'")
+        raise ValueError(f"unknown device {device!r}; use one of 'auto', 'cpu', 'cuda', 'cuda:N' (N an integer), 'mps'")
     try: get_device(device)
     except (RuntimeError, ValueError) as e: raise ValueError(f'device {device!r}: {e}') from None
 
@@ -235,7 +235,7 @@ def run_cell(progress: bool = True, # progress bars
     device = get_device(p['device'])
     seed_everything(p['seed'])
     cache = ArtifactCache(p['cache_dir'] or None)
-    ds = load_dataset(p['dataset'], p['data_root'] or None)
+    ds = subsample_dataset(load_dataset(p['dataset'], p['data_root'] or None), p['subsample'], p['seed'])
     cfg = default_train_config(ds.kind, **({'epochs': p['epochs']} if p['epochs'] else {}))
     names = resolve_attacks(p['attacks'])
     timings = {}

@@ -74,6 +74,14 @@ def test_structured_cell_on_cnn_with_reference_attacks(tmp_path):
     assert all(0 <= r['auc'] <= 1 for r in res.rows)
 
 
+def test_cuda_on_a_machine_without_it_is_a_value_error_naming_it(tmp_path):
+    import torch
+    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    with pytest.raises(ValueError, match="device 'cuda'"):
+        run_cell(device='cuda', cache_dir=str(tmp_path / 'cache'))
+    assert not (tmp_path / 'cache').exists()
+
+
 @pytest.mark.parametrize('bad,match', [
     ({'datset': 'digits'}, 'unknown cell parameter'),
     ({'dataset': 'mnist'}, 'unknown dataset'),
@@ -84,7 +92,16 @@ def test_structured_cell_on_cnn_with_reference_attacks(tmp_path):
     ({'sparsity': 1.0}, 'sparsity'),
     ({'sparsity': -0.1}, 'sparsity'),
     ({'sparsity': '0.5'}, 'must be of type float'),
-    ({'num_shadows': 0}, 'num_shadows must be >= 1'),
+    ({'num_shadows': 0}, r'num_shadows must be in \[1, 256\]'),
+    ({'seed': -1}, r'seed must be in \[0, 4294967295\]'),
+    ({'seed': 2**32}, r'seed must be in \[0, 4294967295\]'),
+    ({'threads': 100_000}, 'threads must be in'),
+    ({'n_boot': 10**7}, 'n_boot must be in'),
+    ({'num_references': 4096}, 'num_references must be in'),
+    ({'subsample': -5}, 'subsample must be in'),
+    ({'structured_bn': 'drop'}, 'structured_bn must be one of'),
+    ({'defense_param': 4.0}, "defense 'none' takes no defense_param"),
+    ({'device': 'cuda:abc'}, "unknown device 'cuda:abc'"),
     ({'adaptive': 1}, 'must be of type bool'),
     ({'arch': 'mlp', 'prune_method': 'slimming'}, 'BatchNorm'),
     ({'arch': 'column_fc', 'dataset': 'purchase100', 'prune_method': 'l2_structured'}, 'Conv2d'),
@@ -104,3 +121,15 @@ def test_cell_id_ignores_where_and_how_fast():
     assert cell_id({'seed': 1, 'threads': 2, 'device': 'cpu'}) == cell_id({'seed': 1})
     assert cell_id({'seed': 1}) != cell_id({'seed': 2})
     assert set(validate_params({})) == set(CELL_DEFAULTS)
+
+
+def test_subsample_draws_a_stratified_subset_before_the_splits_and_records_it(tmp_path):
+    res = run_cell(**TINY | {'subsample': 600, 'attacks': 'conf', 'cache_dir': str(tmp_path)})
+    v, shadows = res.provenance['split_sizes']['victim'], res.provenance['split_sizes']['shadows']
+    assert sum(v) == 300 and all(sum(s) == 300 for s in shadows)   # half of the 600 each side
+    data = res.provenance['data']
+    assert data['n'] == 600 and data['source']['subsample'] == 600 and data['content_hash']
+    full = run_cell(**TINY | {'attacks': 'conf', 'cache_dir': str(tmp_path)})
+    assert full.provenance['data']['content_hash'] != data['content_hash']
+    tiny = {k: v for k, v in TINY.items() if k != 'progress'}
+    assert cell_id(tiny | {'subsample': 600}) != cell_id(tiny)
