@@ -15,31 +15,30 @@ from scipy.special import expit, log_ndtr
 from tqdm.auto import tqdm
 from .core import get_device, in_test, ArtifactCache
 from .data import Split
-from .features import AttackData, attack_data_for, _no_bar
+from .features import AttackData, attack_data_for, bar_disabled
+from .models import init_weights
+from .threat import (balanced_in_mask, candidate_splits, population_indices, reference_seed, shadow_ref_in)
 from .metrics import fit_threshold, membership_metrics
 from .train import TrainConfig, default_train_config, train_cached
 
+
 # %% auto #0
-__all__ = ['ATTACKS', 'balanced_in_mask', 'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value',
-           'loss_value', 'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features',
-           'SAMIA', 'samia_features', 'default_attack_epochs', 'train_attack_model', 'member_probability', 'lira_valid',
-           'lira_scores', 'rmia_valid', 'rmia_scores', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks',
-           'check_requirements', 'run_attacks', 'results_frame', 'population_indices', 'shadow_attack_data',
-           'train_reference_models', 'AttackData', 'attack_data_for']
+__all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN', 'ATTACKS', 'CHECK_KEYS',
+           'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value', 'loss_value',
+           'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features', 'SAMIA',
+           'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model', 'member_probability',
+           'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval', 'lira_valid', 'lira_scores',
+           'rmia_valid', 'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population',
+           'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements', 'training_check',
+           'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models', 'AttackData',
+           'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
-_all_ = ['AttackData', 'attack_data_for']  # re-exported: API.md names `mia_pruning.attacks.AttackData`
+_all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
+         'balanced_in_mask', 'population_indices']  # re-exported from mia_pruning.threat, where the threat model lives
+
 
 # %% ../nbs/06_attacks.ipynb #07ba7afc
-def balanced_in_mask(n: int, # samples
-                     num_models: int, # reference models R
-                     seed: int = 0, # seed of the assignment
-                    ) -> np.ndarray:
-    "Bool (n, R): each sample IN for exactly floor(R/2) randomly chosen models (LiRA's balanced design)."
-    rng = np.random.default_rng(seed)
-    ranks = np.argsort(np.argsort(rng.random((n, num_models)), axis=1), axis=1)
-    return ranks < num_models // 2
-
 def synthetic_attack_data(n: int = 2000, # samples (half members)
                           num_classes: int = 10, # classes
                           shift: float = 4.0, # members' logit-scaled confidence is higher by this much
@@ -50,6 +49,7 @@ def synthetic_attack_data(n: int = 2000, # samples (half members)
                           base: float = -2.5, # mean difficulty (logit-scaled confidence of a non-member)
                           spread: float = 1.5, # spread of difficulty across samples
                           noise: float = 0.5, # per-model noise of the confidence
+                          input_dim: int = 0, # columns of `inputs` (column 0 a noisy view of the difficulty, the rest noise); 0 = none
                           seed: int = 0, # seed
                          ) -> AttackData:
     "An `AttackData` with a known membership signal of strength `shift` (0 = none), for demos and tests."
@@ -75,7 +75,17 @@ def synthetic_attack_data(n: int = 2000, # samples (half members)
             dz = rng.normal(base, spread, num_pop)
             kw.update(pop_py=expit(dz + rng.normal(0, noise, num_pop))[None],
                       pop_ref_py=expit(dz[:, None] + rng.normal(0, noise, (num_pop, num_refs)))[None])
+    elif num_pop:
+        dz = rng.normal(base, spread, num_pop)
+        kw.update(pop_py=expit(dz + rng.normal(0, noise, num_pop))[None])
+    if num_pop: kw['pop_labels'] = rng.integers(0, num_classes, num_pop)[None]
+    if input_dim:
+        def view(diff):
+            x = rng.normal(0, 1, (len(diff), input_dim)); x[:, 0] = diff + rng.normal(0, 0.25, len(diff)); return x
+        kw['inputs'] = view(d)
+        if num_pop: kw['pop_inputs'] = view(dz)[None]
     return AttackData(**kw)
+
 
 # %% ../nbs/06_attacks.ipynb #c7232a4a
 _LOG_FLOOR = 1e-30
@@ -122,10 +132,11 @@ def fit_class_thresholds(values: np.ndarray, # shadow values
 
 # %% ../nbs/06_attacks.ipynb #0311de7a
 class AttackMLP(nn.Sequential):
-    "The study's attack MLP: in -> 512 -> 256 -> 128 -> 2 with ReLU and dropout 0.2."
+    "The study's attack MLP: in -> 512 -> 256 -> 128 -> 2 with ReLU and dropout 0.2, xavier-normal weights, zero biases."
     def __init__(self, in_features: int, dropout: float = 0.2):
         super().__init__(nn.Linear(in_features, 512), nn.ReLU(), nn.Dropout(dropout), nn.Linear(512, 256), nn.ReLU(),
                          nn.Dropout(dropout), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 2))
+        init_weights(self)
 
 def nn_features(d: AttackData) -> np.ndarray:
     "The posterior `p` (n, C)."
@@ -142,9 +153,10 @@ def nn_cls_features(d: AttackData) -> np.ndarray:
     "`[p ; one_hot(y)]` (n, 2C)."
     return np.concatenate([d.probs, _one_hot(d)], 1)
 
+
 # %% ../nbs/06_attacks.ipynb #709695de
 class SAMIA(nn.Module):
-    "The study's self-attention membership classifier over C tokens (p_c, s_c, y_c)."
+    "The study's self-attention membership classifier over C tokens (p_c, s_c, y_c), initialised as the study does."
     def __init__(self, num_classes: int, d_model: int = 64, nhead: int = 4, num_layers: int = 3,
                  dim_feedforward: int = 128, dropout: float = 0.2, hidden: int = 64):
         super().__init__()
@@ -154,6 +166,7 @@ class SAMIA(nn.Module):
         layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation='gelu', batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(num_classes * d_model, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        init_weights(self)  # every nn.Linear (the attention's out_proj too): xavier-normal, zero bias; norms 1 / 0
 
     def forward(self, x): # (B, 3C) = [p ; s ; one_hot(y)]
         t = self.norm(x).view(len(x), 3, self.num_classes).transpose(1, 2)  # (B, C, 3): token c = (p_c, s_c, y_c)
@@ -164,52 +177,61 @@ def samia_features(d: AttackData) -> np.ndarray:
     if d.sensitivity is None: raise ValueError('samia needs sensitivity in the AttackData (attack_data_for(..., with_sensitivity=True))')
     return np.concatenate([d.probs, d.sensitivity, _one_hot(d)], 1)
 
+
 # %% ../nbs/06_attacks.ipynb #1513ecb8
 def default_attack_epochs() -> int:
     "The study's 100 epochs, or 3 under IN_TEST."
     return 3 if in_test() else 100
+
+def attack_milestones(epochs: int) -> list[int]:
+    "The study's LR milestones: `[epochs // 2, 3 * epochs // 4]` (10 epochs: [5, 7]; 100: [50, 75])."
+    return [epochs // 2, 3 * epochs // 4]
 
 def train_attack_model(model: nn.Module, # a fresh attack model with 2 outputs
                        x: np.ndarray, # (n, d) shadow features
                        y: np.ndarray, # (n,) shadow membership
                        epochs: int | None = None, # default: `default_attack_epochs()`
                        batch_size: int = 128, # minibatch size
-                       lr: float = 1e-3, # SGD learning rate
+                       lr: float = 1e-3, # learning rate
                        momentum: float = 0.9, # SGD momentum
-                       weight_decay: float = 5e-4, # SGD weight decay
-                       milestones: Sequence[float] = (0.5, 0.75), # LR x0.1 at these fractions of the epochs
+                       weight_decay: float = 5e-4, # weight decay
+                       milestones: Sequence[int] | None = None, # epochs at which the LR drops x0.1 (default: `attack_milestones`)
+                       optimizer: str = 'sgd', # 'sgd' (the study's) or 'adam'
                        seed: int = 0, # seeds batch order and dropout
                        device=None, # default: auto
                        progress: bool | None = False, # tqdm bar over epochs (None: automatic)
                        desc: str = 'attack', # bar label
                       ) -> tuple[nn.Module, list[float]]:
-    "Train a 2-way membership classifier with the study's SGD recipe; return it (eval mode) and per-epoch losses."
+    "Train a 2-way membership classifier (the study's SGD recipe by default); return it (eval mode) and per-epoch losses."
     epochs = default_attack_epochs() if epochs is None else int(epochs)
     if epochs < 1: raise ValueError(f'epochs must be >= 1, got {epochs}')
+    if optimizer not in ('sgd', 'adam'): raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     dev = get_device(device or 'auto')
     xt = torch.as_tensor(np.asarray(x, np.float32), device=dev)
     yt = torch.as_tensor(np.asarray(y).astype(np.int64), device=dev)
     model.to(dev).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, sorted({max(1, round(f * epochs)) for f in milestones}), gamma=0.1)
+    opt = (torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay) if optimizer == 'sgd'
+           else torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay))
+    ms = attack_milestones(epochs) if milestones is None else [int(m) for m in milestones]
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, ms, gamma=0.1)
     gen = torch.Generator().manual_seed(seed)
     history = []
     with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
         torch.manual_seed(seed)
-        for _ in tqdm(range(epochs), desc=desc, disable=_no_bar(progress), leave=False):
+        for _ in tqdm(range(epochs), desc=desc, disable=bar_disabled(progress), leave=False):
             perm = torch.randperm(len(xt), generator=gen).to(dev)
-            total, count = 0.0, 0
+            total, count = torch.zeros((), device=dev), 0
             for i in range(0, len(perm), batch_size):
                 b = perm[i:i + batch_size]
                 if len(b) < 2: continue
                 loss = nn.functional.cross_entropy(model(xt[b]), yt[b])
                 opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-                total += loss.item() * len(b); count += len(b)
-            sched.step(); history.append(total / max(count, 1))
+                total += loss.detach() * len(b); count += len(b)  # no per-step host sync
+            sched.step(); history.append(total.item() / max(count, 1))
             if not math.isfinite(history[-1]): raise FloatingPointError(f'attack training diverged (loss {history[-1]})')
     return model.eval(), history
 
-@torch.no_grad()
+@torch.inference_mode()
 def member_probability(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     "Softmax probability of the 'member' output (n,), float64."
     dev = next(model.parameters()).device
@@ -217,6 +239,55 @@ def member_probability(model: nn.Module, x: np.ndarray, batch_size: int = 4096) 
     out = [torch.softmax(model(torch.as_tensor(np.asarray(x[i:i + batch_size], np.float32), device=dev)).double(), 1)[:, 1].cpu()
            for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy()
+
+ATTACK_RECIPES = {
+    'study': dict(optimizer='sgd', lr=1e-3, inputs='raw'),  # the study's: SGD lr 1e-3, momentum 0.9, wd 5e-4, raw features
+    'tuned': dict(optimizer='adam', lr=1e-3, inputs='log_std'),  # Adam; log-scaled, standardised probabilities/sensitivities
+}
+LOG_INPUT_FLOOR = 1e-6  # the 'tuned' recipe's floor before the log: probabilities below 1e-6 carry no usable signal
+
+def tuned_inputs(xs: np.ndarray, # (n, d) shadow features
+                 xt: np.ndarray, # (m, d) target features
+                 continuous: int, # the first `continuous` columns are probabilities/sensitivities (the rest: one-hot)
+                ) -> tuple[np.ndarray, np.ndarray]:
+    "Log-scale the continuous columns (floor LOG_INPUT_FLOOR) and standardise them with the shadow side's mean and std."
+    def f(x):
+        x = np.array(x, np.float64)
+        x[:, :continuous] = np.log(np.clip(x[:, :continuous], LOG_INPUT_FLOOR, None))
+        return x
+    xs, xt = f(xs), f(xt)
+    mu, sd = xs[:, :continuous].mean(0), xs[:, :continuous].std(0) + 1e-6
+    xs[:, :continuous] = (xs[:, :continuous] - mu) / sd; xt[:, :continuous] = (xt[:, :continuous] - mu) / sd
+    return xs, xt
+ATTACK_CHECKS = ('refit', 'split', 'none')
+
+def stratified_holdout(y: np.ndarray, # (n,) labels to stratify on (e.g. shadow membership)
+                       frac: float = 0.2, # fraction of each label held out
+                       seed: int = 0, # seed of the draw
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    "Sorted indices (fit, held): a seeded split holding out `frac` of each label of `y`."
+    if not 0 < frac < 1: raise ValueError(f'frac must lie strictly between 0 and 1, got {frac}')
+    y, rng = np.asarray(y), np.random.default_rng(seed)
+    held = [rng.choice(np.flatnonzero(y == v), max(1, int(round(frac * (y == v).sum()))), replace=False) for v in np.unique(y)]
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(y)), held), held
+
+def balanced_accuracy_interval(pred: np.ndarray, # (n,) bool decisions
+                               y: np.ndarray, # (n,) bool truth
+                               alpha: float = 0.05, # 1 - confidence level
+                              ) -> tuple[float, float, float]:
+    "Balanced accuracy of `pred` and its (1-alpha) interval (normal approximation, Agresti-Caffo +1/+2 rates)."
+    from scipy.stats import norm
+    pred, y = np.asarray(pred, bool), np.asarray(y, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0: raise ValueError(f'need both classes; got {n1} positives and {n0} negatives')
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    acc = 0.5 * (tp / n1 + tn / n0)
+    r1, r0 = (tp + 1) / (n1 + 2), (tn + 1) / (n0 + 2)
+    se = 0.5 * math.sqrt(r1 * (1 - r1) / (n1 + 2) + r0 * (1 - r0) / (n0 + 2))
+    z = norm.ppf(1 - alpha / 2)
+    return acc, acc - z * se, acc + z * se
+
 
 # %% ../nbs/06_attacks.ipynb #089c27b7
 def _group_stats(ref: np.ndarray, mask: np.ndarray):
@@ -226,6 +297,8 @@ def _group_stats(ref: np.ndarray, mask: np.ndarray):
     ss = (((ref - mu[:, None]) ** 2) * mask).sum(1)
     return cnt, mu, ss
 
+LIRA_ONLINE_MIN_IN = 2  # online LiRA: IN references per sample (a grid cell's R extra references give R/2: R >= 4)
+
 def lira_valid(ref_in: np.ndarray, # (n, R) bool
                online: bool, # online (IN and OUT) or offline (OUT only)
                fix_variance: bool, # one pooled variance (True) or per-sample variances
@@ -233,10 +306,10 @@ def lira_valid(ref_in: np.ndarray, # (n, R) bool
     "Which samples have enough references for LiRA (n,) bool, and the rule applied (for messages)."
     n_in, n_out = ref_in.sum(1), (~ref_in).sum(1)
     if not online: return n_out >= 2, '>= 2 OUT reference models per sample'
-    if fix_variance:
-        ok = (n_in >= 1) & (n_out >= 1)
-        if ok.any() and ((n_in + n_out)[ok] - 2).sum() < 1: ok[:] = False  # no degree of freedom left for the variance
-        return ok, '>= 1 IN and >= 1 OUT reference model per sample, and more than 2 on some sample (fix_variance=True)'
+    if fix_variance:  # one IN model per sample makes mu_in that model's noise: the ratio is then near chance
+        ok = (n_in >= LIRA_ONLINE_MIN_IN) & (n_out >= 1)
+        return ok, (f'>= {LIRA_ONLINE_MIN_IN} IN and >= 1 OUT reference models per sample (fix_variance=True; with a single IN '
+                    'model the per-sample IN mean is that one model\'s noisy confidence and the likelihood ratio is near chance)')
     return (n_in >= 2) & (n_out >= 2), '>= 2 IN and >= 2 OUT reference models per sample (fix_variance=False)'
 
 def lira_scores(obs: np.ndarray, # (n,) the target's logit-scaled confidence
@@ -268,6 +341,7 @@ def lira_scores(obs: np.ndarray, # (n,) the target's logit-scaled confidence
         else: sd_out = np.sqrt(ss_out / np.maximum(n_out - 1, 1)).clip(min_std)
         out[ok] = -log_ndtr(-(obs - mu_out) / sd_out)[ok]
     return out
+
 
 # %% ../nbs/06_attacks.ipynb #d1108d64
 def rmia_valid(ref_in: np.ndarray, online: bool) -> tuple[np.ndarray, str]:
@@ -304,6 +378,40 @@ def rmia_scores(py: np.ndarray, # (n,) target's true-class probability on x
         out[sel] = np.searchsorted(rz, ratio_x[sel] / gamma, side='left') / len(rz)
     return out
 
+# %% ../nbs/06_attacks.ipynb #5f714730
+def lsc_from_py(py: np.ndarray) -> np.ndarray:
+    "Logit-scaled confidence `log p - log(1 - p)` from probabilities, with p clipped to float32's resolution."
+    p = np.clip(np.asarray(py, np.float64), 1e-30, 1 - 2.0 ** -24)
+    return np.log(p) - np.log1p(-p)
+
+def qmia_features(labels: np.ndarray, num_classes: int, inputs: np.ndarray | None = None) -> np.ndarray:
+    "QMIA's regressor features: `one_hot(y)`, followed by the flattened input when given."
+    oh = np.eye(num_classes)[np.asarray(labels)]
+    return oh if inputs is None else np.concatenate([oh, np.asarray(inputs, np.float64)], 1)
+
+def qmia_margin(train_x: np.ndarray, # (Z, d) regressor features of the population (non-member) samples
+                train_score: np.ndarray, # (Z,) the victim's score on them
+                test_x: np.ndarray, # (n, d) features of the samples to attack
+                test_score: np.ndarray, # (n,) the victim's score on them
+                alpha: float = 0.05, # target false positive rate: the regressor predicts the 1 - alpha quantile
+                max_iter: int = 100, # boosting iterations
+                seed: int = 0, # seed of the regressor
+               ) -> np.ndarray:
+    "`test_score - q(x)` (n,): q a 1 - alpha quantile regressor fitted on half the population, conformally shifted on the other."
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    train_x, train_score = np.asarray(train_x, np.float64), np.asarray(train_score, np.float64)
+    fit, cal = stratified_holdout(np.zeros(len(train_score)), 0.5, seed)
+    reg = HistGradientBoostingRegressor(loss='quantile', quantile=1 - alpha, max_iter=max_iter, random_state=seed)
+    reg.fit(train_x[fit], train_score[fit])
+    resid = np.sort(train_score[cal] - reg.predict(train_x[cal]))
+    k = min(len(resid) - 1, int(math.ceil((1 - alpha) * (len(resid) + 1))) - 1)  # split-conformal rank
+    return np.asarray(test_score, np.float64) - (reg.predict(test_x) + resid[k])
+
+def qmia_min_population(alpha: float) -> int:
+    "The fewest population samples QMIA accepts: about 5 expected samples above the 1 - alpha quantile."
+    return int(math.ceil(5 / alpha))
+
+
 # %% ../nbs/06_attacks.ipynb #573c1e26
 @dataclass
 class AttackContext:
@@ -313,6 +421,8 @@ class AttackContext:
     epochs: int | None = None
     progress: bool | None = False
     name: str = 'attack'
+    recipe: str = 'study'  # learned attacks: a key of ATTACK_RECIPES
+    check: str = 'refit'  # learned attacks: how the held-out shadow accuracy is measured (ATTACK_CHECKS)
 
 def _threshold_attack(value_fn, per_class: bool):
     def run(shadow: AttackData, target: AttackData, ctx: AttackContext):
@@ -329,17 +439,33 @@ def _gap(shadow: AttackData, target: AttackData, ctx: AttackContext):
     v = gap_value(target)
     return v, v >= 1, {'target_accuracy': float(v.mean())}
 
-def _learned_attack(feature_fn, build):
-    def run(shadow: AttackData, target: AttackData, ctx: AttackContext, lr: float = 1e-3, batch_size: int = 128):
-        xs, xt = feature_fn(shadow), feature_fn(target)
-        with torch.random.fork_rng(devices=[]):  # initialisation happens on the CPU
-            torch.default_generator.manual_seed(ctx.seed)
-            model = build(xs.shape[1], target.num_classes)
-        model, hist = train_attack_model(model, xs, shadow.is_member, epochs=ctx.epochs, batch_size=batch_size, lr=lr,
-                                         seed=ctx.seed, device=ctx.device, progress=ctx.progress, desc=ctx.name)
+def _learned_attack(feature_fn, build, continuous):
+    def run(shadow: AttackData, target: AttackData, ctx: AttackContext, lr: float | None = None, batch_size: int = 128):
+        rec = ATTACK_RECIPES[ctx.recipe]
+        lr = rec['lr'] if lr is None else lr
+        xs, xt, ys = feature_fn(shadow), feature_fn(target), shadow.is_member
+        if rec['inputs'] == 'log_std': xs, xt = tuned_inputs(xs, xt, continuous(target.num_classes))
+        def fit(rows):
+            with torch.random.fork_rng(devices=[]):  # initialisation happens on the CPU
+                torch.default_generator.manual_seed(ctx.seed)
+                model = build(xs.shape[1], target.num_classes)
+            return train_attack_model(model, xs[rows], ys[rows], epochs=ctx.epochs, batch_size=batch_size, lr=lr,
+                                      optimizer=rec['optimizer'], seed=ctx.seed, device=ctx.device, progress=ctx.progress, desc=ctx.name)
+        info = {'recipe': ctx.recipe, 'check': ctx.check, 'optimizer': rec['optimizer'], 'lr': lr}
+        everything = np.arange(len(ys))
+        if ctx.check != 'none':
+            fit_rows, held = stratified_holdout(ys, 0.2, ctx.seed)
+            model, hist = fit(fit_rows)
+            acc, lo, hi = balanced_accuracy_interval(member_probability(model, xs[held]) >= 0.5, ys[held])
+            info.update(shadow_heldout_acc=acc, shadow_heldout_acc_lo=lo, shadow_heldout_acc_hi=hi, converged=bool(lo > 0.5),
+                        shadow_heldout_n=len(held))
+            if ctx.check == 'refit': model, hist = fit(everything)  # the study's training set: all shadow records
+            else: everything = fit_rows
+        else: model, hist = fit(everything)
+        info['shadow_train_acc'] = balanced_accuracy_interval(member_probability(model, xs[everything]) >= 0.5, ys[everything])[0]
         s = member_probability(model, xt)
-        return s, s >= 0.5, {'epochs': len(hist), 'final_train_loss': hist[-1],
-                             'shadow_acc': float(((member_probability(model, xs) >= 0.5) == shadow.is_member).mean())}
+        info.update(epochs=len(hist), final_train_loss=hist[-1])
+        return s, s >= 0.5, info
     return run
 
 def _shadow_threshold(score_fn, shadow: AttackData, usable: bool, default: float):
@@ -371,12 +497,25 @@ def _rmia(shadow: AttackData, target: AttackData, ctx: AttackContext, a: float =
     info.update(num_refs=target.num_refs, population=int(target.pop_py.shape[1]), a=a, gamma=gamma)
     return s, s >= tau, info
 
+def _qmia(shadow: AttackData, target: AttackData, ctx: AttackContext, alpha: float = 0.05, max_iter: int = 100):
+    score = lsc_from_py(target.py)
+    margin = np.full(len(target), np.nan)
+    use_x = target.inputs is not None and target.pop_inputs is not None
+    for g in np.unique(target.group):  # one regressor per target model, on that model's population answers
+        sel = target.group == g
+        margin[sel] = qmia_margin(qmia_features(target.pop_labels[g], target.num_classes, target.pop_inputs[g] if use_x else None),
+                                  lsc_from_py(target.pop_py[g]),
+                                  qmia_features(target.labels[sel], target.num_classes, target.inputs[sel] if use_x else None),
+                                  score[sel], alpha, max_iter, ctx.seed)
+    return margin, margin > 0, {'alpha': alpha, 'features': 'one_hot(y) + inputs' if use_x else 'one_hot(y)',
+                                'population': int(target.pop_py.shape[1])}
+
 @dataclass(frozen=True)
 class Attack:
     "A registered attack: its function, kind, requirements and reference."
     name: str
     fn: Callable
-    kind: str  # 'threshold' | 'learned' | 'reference'
+    kind: str  # 'threshold' | 'learned' | 'reference' | 'quantile'
     citation: str
     needs_sensitivity: bool = False
     options: tuple = ()  # option names accepted through run_attacks(options={name: {...}})
@@ -391,16 +530,18 @@ ATTACKS = {a.name: a for a in [
     _attack('entropy', _threshold_attack(entropy_value, True), 'threshold', 'Song & Mittal 2021'),
     _attack('mentr', _threshold_attack(mentr_value, True), 'threshold', 'Song & Mittal 2021'),
     _attack('top1_conf', _threshold_attack(conf_value, False), 'threshold', 'Yuan & Zhang 2022 (reference code)'),
-    _attack('nn', _learned_attack(nn_features, lambda d, C: AttackMLP(d)), 'learned', 'Shokri et al. 2017'),
-    _attack('nn_top3', _learned_attack(nn_top3_features, lambda d, C: AttackMLP(d)), 'learned', 'Salem et al. 2019'),
-    _attack('nn_cls', _learned_attack(nn_cls_features, lambda d, C: AttackMLP(d)), 'learned', 'Nasr et al. 2018'),
-    _attack('samia', _learned_attack(samia_features, lambda d, C: SAMIA(C)), 'learned', 'Yuan & Zhang 2022',
+    _attack('nn', _learned_attack(nn_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Shokri et al. 2017'),
+    _attack('nn_top3', _learned_attack(nn_top3_features, lambda d, C: AttackMLP(d), lambda C: 3), 'learned', 'Salem et al. 2019'),
+    _attack('nn_cls', _learned_attack(nn_cls_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Nasr et al. 2018'),
+    _attack('samia', _learned_attack(samia_features, lambda d, C: SAMIA(C), lambda C: 2 * C), 'learned', 'Yuan & Zhang 2022',
             needs_sensitivity=True),
     _attack('loss', _threshold_attack(loss_value, False), 'threshold', 'Yeom et al. 2018'),
     _attack('lira_offline', _lira(False), 'reference', 'Carlini et al. 2022'),
     _attack('lira_online', _lira(True), 'reference', 'Carlini et al. 2022'),
     _attack('rmia', _rmia, 'reference', 'Zarifzadeh et al. 2024'),
+    _attack('qmia', _qmia, 'quantile', 'Bertran et al. 2023'),
 ]}
+
 
 # %% ../nbs/06_attacks.ipynb #d693fec4
 @dataclass
@@ -460,6 +601,7 @@ def check_requirements(name: str, shadow: AttackData, target: AttackData, option
             raise ValueError(f'{name} needs {rule}; {target.num_refs} reference models were given and {int((~ok).sum())} of '
                              f'{len(target)} target samples fall short (IN per sample: {n_in.min()}-{n_in.max()}, '
                              f'OUT: {n_out.min()}-{n_out.max()})')
+    if name == 'qmia': _check_qmia(target, opts)
     if name == 'rmia':
         if not 0 <= opts.get('a', 0.3) <= 1: raise ValueError(f"rmia option a must lie in [0, 1], got {opts['a']}")
         if not opts.get('gamma', 1.0) > 0: raise ValueError(f"rmia option gamma must be positive, got {opts['gamma']}")
@@ -470,6 +612,27 @@ def check_requirements(name: str, shadow: AttackData, target: AttackData, option
         ok, rule = rmia_valid(target.ref_in, bool(opts.get('online', False)))
         if not ok.all(): raise ValueError(f'rmia needs {rule}; {int((~ok).sum())} of {len(target)} target samples fall short '
                                           f'with {target.num_refs} reference models')
+
+CHECK_KEYS = ('converged', 'shadow_train_acc', 'shadow_heldout_acc', 'shadow_heldout_acc_lo')
+
+def training_check(name: str, info: dict) -> dict:
+    "The metrics columns of an attack's training check: learned attacks report theirs; NaN for attacks that train no model."
+    out = {k: info.get(k, float('nan')) for k in CHECK_KEYS}
+    if ATTACKS[name].kind != 'learned': out.update(converged=float('nan'), shadow_train_acc=info.get('shadow_acc', float('nan')))
+    return out
+
+def _check_qmia(target: AttackData, opts: dict):
+    alpha = opts.get('alpha', 0.05)
+    if not 0 < alpha < 1: raise ValueError(f'qmia option alpha must lie strictly between 0 and 1, got {alpha}')
+    if not isinstance(opts.get('max_iter', 100), (int, np.integer)) or opts.get('max_iter', 100) < 1:
+        raise ValueError(f"qmia option max_iter must be a positive integer, got {opts['max_iter']!r}")
+    if target.pop_py is None or target.pop_labels is None:
+        raise ValueError('qmia needs the victim\'s answers on population samples and their labels (pop_py, pop_labels) on '
+                         'the target; build it with attack_data_for(..., population_idx=...)')
+    need = qmia_min_population(alpha)
+    if target.pop_py.shape[1] < need:
+        raise ValueError(f'qmia needs at least {need} population samples at alpha={alpha} (about 5 above the quantile); '
+                         f'got {target.pop_py.shape[1]}')
 
 def _attack_seed(seed: int, name: str) -> int: return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
@@ -482,9 +645,13 @@ def run_attacks(names, # 'all', an attack name, a comma-separated string or a li
                 options: dict | None = None, # per-attack options, e.g. {'rmia': {'a': 0.5}, 'lira_online': {'fix_variance': False}}
                 n_boot: int = 0, # bootstrap resamples for metric intervals
                 progress: bool | None = False, # tqdm bars (None: automatic)
+                attack_recipe: str = 'study', # training recipe of the learned attacks: a key of ATTACK_RECIPES
+                attack_check: str = 'refit', # learned attacks' held-out check: 'refit' (study's training set + a check model on 80%), 'split' (train on 80%), 'none'
                ) -> dict[str, AttackResult]:
     "Run the named attacks (fitted on `shadow`) against `target`; a dict name -> `AttackResult`."
     names = resolve_attacks(names)
+    if attack_recipe not in ATTACK_RECIPES: raise ValueError(f'unknown attack_recipe {attack_recipe!r}; known: {list(ATTACK_RECIPES)}')
+    if attack_check not in ATTACK_CHECKS: raise ValueError(f'unknown attack_check {attack_check!r}; known: {list(ATTACK_CHECKS)}')
     options = dict(options or {})
     bad = [k for k in options if k not in names]
     if bad: raise ValueError(f'options given for attack(s) {bad} that are not being run ({names})')
@@ -494,12 +661,14 @@ def run_attacks(names, # 'all', an attack name, a comma-separated string or a li
     for n in names: check_requirements(n, shadow, target, options.get(n))
     dev = get_device(device or 'auto')
     results = {}
-    for n in tqdm(names, desc='attacks', disable=_no_bar(progress), leave=False):
-        ctx = AttackContext(seed=_attack_seed(seed, n), device=dev, epochs=epochs, progress=progress, name=n)
+    for n in tqdm(names, desc='attacks', disable=bar_disabled(progress), leave=False):
+        ctx = AttackContext(seed=_attack_seed(seed, n), device=dev, epochs=epochs, progress=progress, name=n,
+                            recipe=attack_recipe, check=attack_check)
         t0 = time.time()
         scores, dec, info = ATTACKS[n].fn(shadow, target, ctx, **options.get(n, {}))
         scores, dec = np.asarray(scores, np.float64), np.asarray(dec, bool)
         met = membership_metrics(scores, target.is_member, decisions=dec, labels=target.labels, n_boot=n_boot, seed=seed)
+        met.update(training_check(n, info))
         results[n] = AttackResult(n, scores, dec, met, info, time.time() - t0)
     return results
 
@@ -510,17 +679,8 @@ def results_frame(results: dict[str, AttackResult], # the answer of `run_attacks
     rows = [{**context, **r.row()} for r in results.values()]
     return pd.DataFrame(rows)
 
-# %% ../nbs/06_attacks.ipynb #1769725d
-def population_indices(splits, # a `Splits` (victim + shadows)
-                       cap: int | None = None, # keep at most this many (a seeded random subset)
-                       seed: int = 0, # seed of the subset
-                      ) -> np.ndarray:
-    "Shadow-pool samples that no shadow trained on, sorted (RMIA's population)."
-    pool = np.unique(np.concatenate([np.concatenate([s.train, s.dev, s.test]) for s in splits.shadows]))
-    pop = np.setdiff1d(pool, np.concatenate([s.train for s in splits.shadows]))
-    if cap is not None and len(pop) > cap: pop = np.sort(np.random.default_rng(seed).choice(pop, cap, replace=False))
-    return pop
 
+# %% ../nbs/06_attacks.ipynb #1769725d
 def shadow_attack_data(shadows: Sequence[nn.Module], # the K shadow models, in the order of `splits.shadows`
                        ds, # the dataset
                        splits, # a `Splits`
@@ -539,9 +699,7 @@ def shadow_attack_data(shadows: Sequence[nn.Module], # the K shadow models, in t
         if not use_refs:
             parts.append(attack_data_for(model, ds, sp.train, sp.test, **kw)); continue
         others = [j for j in range(len(shadows)) if j != k]
-        idx = np.concatenate([sp.train, sp.test])
-        rin = np.zeros((len(idx), len(others) + len(extra_references)), bool)
-        for c, j in enumerate(others): rin[:, c] = np.isin(idx, splits.shadows[j].train)
+        rin = shadow_ref_in(splits, k, len(extra_references))  # the other shadows (leave-one-out), then the extras (OUT)
         parts.append(attack_data_for(model, ds, sp.train, sp.test, reference_models=[shadows[j] for j in others] + list(extra_references),
                                      ref_in=rin, population_idx=population_idx, **kw))
     return AttackData.concat(parts)
@@ -552,24 +710,19 @@ def train_reference_models(ds, # the dataset (an `MIADataset`)
                            dev_idx, # the adversary's own dev set for early stopping (e.g. a shadow's dev split)
                            num_models: int = 4, # reference models R (even: each candidate IN for exactly R/2)
                            cfg: TrainConfig | None = None, # recipe (default: the study's for the data kind)
-                           seed: int = 0, # seeds the halves and the training (model r: seed + 101 + r)
+                           seed: int = 0, # seeds the halves (`in_mask_seed`) and the training (`reference_seed(seed, r)`)
                            cache: ArtifactCache | None = None, # artifact cache (default: the project's)
                            device=None, # default: auto
                            postprocess: Callable | None = None, # `postprocess(model, split) -> model`, e.g. prune + fine-tune
                            progress: bool = False, # training progress bars
                           ) -> tuple[list[nn.Module], np.ndarray]:
     "Train R reference models on random halves of the candidates; return them and `in_mask` (n_candidates, R) bool."
-    cand = np.asarray(candidate_idx, np.int64)
-    if num_models < 2 or num_models % 2: raise ValueError(f'num_models must be an even number >= 2, got {num_models}')
-    if len(np.unique(cand)) != len(cand): raise ValueError('candidate_idx holds duplicate indices')
-    clash = np.intersect1d(cand, dev_idx)
-    if len(clash): raise ValueError(f'{len(clash)} dev samples are also candidates (e.g. {clash[:5].tolist()}); use the adversary\'s own data')
+    in_mask, ref_splits = candidate_splits(candidate_idx, dev_idx, num_models, seed)  # validates before any training
     cfg = cfg or default_train_config(ds.kind)
     cache = cache if cache is not None else ArtifactCache()
-    in_mask = balanced_in_mask(len(cand), num_models, seed + 10_007)
     models = []
-    for r in tqdm(range(num_models), desc='reference models', disable=not progress, leave=False):
-        split = Split(train=np.sort(cand[in_mask[:, r]]), dev=np.asarray(dev_idx, np.int64), test=np.sort(cand[~in_mask[:, r]]))
-        model, _ = train_cached(ds, split, arch, cfg, seed + 101 + r, f'reference{r}', cache, device, progress)
+    for r, split in enumerate(tqdm(ref_splits, desc='reference models', disable=not progress, leave=False)):
+        model, _ = train_cached(ds, split, arch, cfg, reference_seed(seed, r), f'reference{r}', cache, device, progress)
         models.append(postprocess(model, split) if postprocess else model)
     return models, in_mask
+

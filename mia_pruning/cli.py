@@ -8,7 +8,8 @@ import sys, argparse, difflib, importlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['parse_value', 'parse_assignments', 'build_parser', 'cmd_grid', 'cmd_run', 'cmd_report', 'cmd_bench', 'main']
+__all__ = ['MAX_CELLS_DEFAULT', 'parse_value', 'parse_assignments', 'build_parser', 'cmd_grid', 'cmd_run', 'cmd_report',
+           'cmd_bench', 'main']
 
 # %% ../nbs/11a_cli.ipynb #a5efd941
 _TRUE, _FALSE = {'true', '1', 'yes', 'y', 'on'}, {'false', '0', 'no', 'n', 'off'}
@@ -48,6 +49,8 @@ def parse_assignments(items: list[str], # 'key=value' strings
     return out
 
 # %% ../nbs/11a_cli.ipynb #aeac4bfc
+MAX_CELLS_DEFAULT = 100_000  # = gridspec.MAX_CELLS (not imported here: --help stays instant)
+
 def build_parser() -> argparse.ArgumentParser:
     "The argparse parser of `mia-pruning` (bench is dispatched before it)."
     p = argparse.ArgumentParser(prog='mia-pruning', description='Membership inference against pruned neural networks: '
@@ -57,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument('--out', metavar='DIR', help='output folder (default: outputs/<grid name>)')
         q.add_argument('--workers', type=int, metavar='N', help='cells run in parallel (default: min(cells, cores, 4))')
         q.add_argument('--threads', type=int, metavar='T', help='torch threads per cell (default: cores // workers)')
-        q.add_argument('--no-resume', action='store_true', help='rerun cells whose run folder is already complete')
+        q.add_argument('--no-resume', action='store_true', help='recompute cells whose run folder is already complete '
+                       '(each new run replaces the old one only once it is complete)')
         q.add_argument('--no-progress', action='store_true', help='no progress bar')
-        q.add_argument('--timeout', type=float, metavar='S', help='seconds allowed per notebook cell (default: no limit)')
+        q.add_argument('--timeout', type=float, metavar='S', help='seconds allowed per notebook cell, > 0 (default: no limit)')
+        q.add_argument('--max-cells', type=int, metavar='N', default=MAX_CELLS_DEFAULT,
+                       help=f'refuse a grid of more than N cells (default: {MAX_CELLS_DEFAULT:,})')
         q.add_argument('--no-report', action='store_true', help='do not rebuild figures and tables afterwards')
     g = sub.add_parser('grid', help='run a grid of cells (a preset or a YAML spec)',
                        description='Run every cell of a grid through the experiment notebook; complete cells are skipped.')
@@ -84,9 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _finish(report, args) -> int:
     print(report)
     if not args.no_report and report.summary_path is not None:
-        import pandas as pd
-        if len(pd.read_csv(report.summary_path)):
-            from mia_pruning.report import make_report
+        from mia_pruning.report import load_summary, make_report
+        if len(load_summary(report.summary_path)):
             res = make_report(report.out_dir)
             print(f"report: {len(res['written'])} figures/tables in {report.out_dir}/figures and /tables"
                   + ''.join(f'\n  skipped {k}: {v}' for k, v in res['skipped'].items()))
@@ -94,29 +99,31 @@ def _finish(report, args) -> int:
 
 def _execution_kw(args) -> dict:
     return dict(out_dir=args.out, workers=args.workers, threads=args.threads, resume=not args.no_resume,
-                progress=not args.no_progress, timeout=args.timeout)
+                progress=not args.no_progress, timeout=args.timeout, max_cells=args.max_cells)
 
 def cmd_grid(args) -> int:
-    from mia_pruning.grid import run_grid, expand_cells, as_spec, PRESETS
+    from mia_pruning.gridspec import load_spec, PRESETS  # light: a bad YAML file is refused before torch is imported
     if bool(args.spec) == bool(args.preset):
         raise ValueError(f'give either a YAML spec or --preset NAME (presets: {", ".join(PRESETS)})')
-    if args.spec and not Path(args.spec).is_file(): raise ValueError(f'grid spec file {args.spec!r} does not exist')
-    spec = as_spec(Path(args.spec) if args.spec else args.preset)
+    raw = load_spec(args.spec) if args.spec else args.preset
+    from mia_pruning.grid import run_grid, expand_cells, merge_notes, as_spec
+    spec = as_spec(raw)
     if args.dry_run:
-        cells = expand_cells(spec)
+        cells = expand_cells(spec, args.max_cells)
         for c in cells: print(c.id, ' '.join(f'{k}={v}' for k, v in c.coords.items()))
+        for note in merge_notes(cells): print(f'note: {note}')
         print(f'{len(cells)} valid cell(s) in grid {spec.name!r}; nothing was run (--dry-run)')
         return 0
     return _finish(run_grid(spec, executor=args.executor, scheduler=args.scheduler, **_execution_kw(args)), args)
 
 def cmd_run(args) -> int:
     from mia_pruning.grid import run_grid
+    from mia_pruning.report import load_summary
     params = parse_assignments(args.params)
     report = run_grid({'name': args.name, 'fixed': params}, **_execution_kw(args))
     code = _finish(report, args)
     if report.ok:
-        import pandas as pd
-        df = pd.read_csv(report.summary_path)
+        df = load_summary(report.summary_path)
         df = df[df['cell_id'] == report.cell_ids[0]]
         cols = [c for c in ('attack_acc', 'auc', 'tpr_at_0_1pct_fpr') if c in df]
         print(f'run folder: {report.out_dir / "runs" / report.cell_ids[0]}')
@@ -124,12 +131,19 @@ def cmd_run(args) -> int:
     return code
 
 def cmd_report(args) -> int:
-    from mia_pruning.grid import collect
     from mia_pruning.report import make_report
     out = Path(args.out_dir)
-    if not (out / 'runs').is_dir() and not (out / 'summary.csv').is_file():
+    if not (out / 'runs').is_dir() and not (out / 'summary.csv').exists():
         raise ValueError(f'{str(out)!r} is not a grid output folder (no runs/ and no summary.csv)')
-    if (out / 'runs').is_dir(): df = collect(out); print(f'summary.csv: {len(df)} rows from {df["cell_id"].nunique()} complete run(s)')
+    if (out / 'runs').exists():
+        from mia_pruning.runs import collect
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            df = collect(out)
+        for w in caught: print(f'warning: {w.message}', file=sys.stderr)
+        print(f'summary.csv: {len(df)} rows from {df["cell_id"].nunique()} complete run(s)'
+              + (f'; {len(df.attrs["not_in_spec"])} complete run(s) not in the current spec left out' if df.attrs.get('not_in_spec') else ''))
     res = make_report(out, cell=args.cell)
     for k, p in res['written'].items(): print(f'wrote {p}')
     for k, why in res['skipped'].items(): print(f'skipped {k}: {why}')
@@ -145,6 +159,9 @@ def cmd_bench(argv: list[str]) -> int:
         return 2
     return int(bench.main(argv) or 0)
 
+def _error(msg: str, code: int) -> int:
+    print(f'mia-pruning: {msg}', file=sys.stderr); return code
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mia-pruning` console script; returns the exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -152,9 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {'grid': cmd_grid, 'run': cmd_run, 'report': cmd_report}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f'mia-pruning: error: {e}', file=sys.stderr); return 2
+    except KeyboardInterrupt as e:
+        import logging
+        logging.getLogger('asyncio').setLevel(logging.CRITICAL)  # not the notebook client's cancelled task, at exit
+        how = 'SIGTERM' if str(e) == 'SIGTERM' else 'Ctrl-C'
+        return _error(f'interrupted ({how}): workers stopped, lock released, complete runs kept; run the same command again to resume', 130)
+    except (ValueError, FileNotFoundError) as e: return _error(f'error: {e}', 2)
+    except OSError as e: return _error(f'error: {e}', 1)  # a full disk, a read-only folder: the message names the file
     except Exception as e:
-        from mia_pruning.grid import GridLockedError
-        if isinstance(e, GridLockedError): print(f'mia-pruning: error: {e}', file=sys.stderr); return 2
+        from mia_pruning.gridlock import GridLockedError
+        if isinstance(e, GridLockedError): return _error(f'error: {e}', 2)
         raise
+

@@ -136,13 +136,18 @@ def save_checkpoint(path, state: dict) -> Path:
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 def load_checkpoint(path, map_location='cpu') -> dict:
-    "Load a checkpoint with `weights_only=True` (never unpickles arbitrary objects); a damaged file is a ValueError naming it."
+    "Load a checkpoint with `weights_only=True` (never unpickles arbitrary objects); any refusal or damage names the file."
     import pickle
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError: raise  # weights_only refused an object: torch's message says which
-    except (EOFError, OSError, RuntimeError, ValueError) as e:
-        if isinstance(e, FileNotFoundError): raise
+    try: obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError: raise
+    except pickle.UnpicklingError as e:  # weights_only refused an object: torch's message says which
+        raise pickle.UnpicklingError(f'{path} was refused by torch.load(weights_only=True): {e}') from None
+    except Exception as e:  # EOFError, RuntimeError ('invalid magic number'), KeyError ('invalid load key'), OSError...
         raise ValueError(f'{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: {e}') from e
+    if not isinstance(obj, dict):
+        raise ValueError(f'{path} holds a {type(obj).__name__}, not a checkpoint (a dict of tensors, e.g. a state dict)')
+    return obj
+
 
 # %% ../nbs/00_core.ipynb #c1b21732
 def _canon(o):
@@ -169,6 +174,10 @@ def config_hash(cfg: dict, # a JSON-like config (str keys; numbers, strings, lis
 # %% ../nbs/00_core.ipynb #7067f29d
 CACHE_VERSION = 1
 
+def _plain_name(n) -> bool:
+    "A file name a manifest may list: one path component (never a path out of the entry)."
+    return isinstance(n, str) and n not in ('', '.', '..') and '/' not in n and '\\' not in n
+
 def _sha256(path, chunk=1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -188,25 +197,40 @@ class ArtifactCache:
         if not kind or not kind.replace('_', '').isalnum(): raise ValueError(f'cache kind must be a simple name, got {kind!r}')
         return self.root / kind / self.key_hash(kind, key)
 
-    def verify(self, path: Path) -> bool:
-        "True when the entry at `path` is complete and every file matches its manifest."
-        man = path / 'manifest.json'
+    def verify(self, path: Path, # an entry folder
+               required: tuple = (), # file names the manifest must list
+              ) -> bool:
+        "True when `path` is a folder whose manifest lists one or more files (and `required`), each matching its size and SHA-256."
         try:
-            files = json.loads(man.read_text())['files']
-            return all((path / n).is_file() and (path / n).stat().st_size == m['size'] and _sha256(path / n) == m['sha256']
-                       for n, m in files.items())
+            if path.is_symlink() or not path.is_dir(): return False
+            files = json.loads((path / 'manifest.json').read_text())['files']
+            if not isinstance(files, dict) or not files or any(r not in files for r in required): return False
+            return all(_plain_name(n) and not (path / n).is_symlink() and (path / n).is_file()
+                       and (path / n).stat().st_size == m['size'] and _sha256(path / n) == m['sha256'] for n, m in files.items())
         except Exception: return False
+
+    def _heal(self, p: Path, what: str):
+        "Remove a damaged entry (a folder, a file or a link where a folder belongs), warning once."
+        warnings.warn(f'cache {what} {p} is corrupt or incomplete; rebuilding it')
+        try:
+            if p.is_symlink() or not p.is_dir(): p.unlink()
+            else: shutil.rmtree(p)
+        except FileNotFoundError: pass  # another process healed it first
+        except OSError as e: raise OSError(f'cache {what} {p} is damaged and cannot be removed ({e}); remove it by hand') from e
 
     def get_or_build(self, kind: str, # artifact kind, e.g. 'dense_model'
                      key: dict, # everything that determines the artifact
                      build: Callable[[Path], Any], # writes the artifact's files into the folder it is given
+                     required: tuple = (), # file names a reusable entry must hold
                     ) -> Path:
         "The verified folder of the (`kind`, `key`) artifact, building it with `build(tmp_dir)` if needed."
         final = self.entry(kind, key)
-        if final.exists():
-            if self.verify(final): return final
-            warnings.warn(f'cache entry {final} is corrupt or incomplete; rebuilding it')
-            shutil.rmtree(final, ignore_errors=True)
+        if self.root.exists() and not self.root.is_dir(): raise NotADirectoryError(f'the cache folder {self.root} is a file, not a folder')
+        if (final.parent.exists() or final.parent.is_symlink()) and not final.parent.is_dir():
+            self._heal(final.parent, 'folder')  # cache/<kind> must be a folder (a link to one is fine)
+        if final.exists() or final.is_symlink():
+            if self.verify(final, required): return final
+            self._heal(final, 'entry')
         final.parent.mkdir(parents=True, exist_ok=True)
         self._clean_stale(final)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
@@ -217,7 +241,7 @@ class ArtifactCache:
             save_json(tmp / 'manifest.json', {'kind': kind, 'key': key, 'files': files, 'created': time.time()})
             try: os.rename(tmp, final)
             except OSError:  # another process finished the same entry first
-                if not self.verify(final): raise
+                if not self.verify(final, required): raise
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -239,16 +263,27 @@ class ArtifactCache:
         built = {}
         def _build(tmp):
             built['obj'] = build(); save(tmp / name, built['obj'])
-        path = self.get_or_build(kind, key, _build)
-        return built['obj'] if 'obj' in built else load(path / name)
+        path = self.get_or_build(kind, key, _build, required=(name,))
+        if 'obj' in built: return built['obj']
+        try: return load(path / name)
+        except Exception:  # bytes that match the manifest yet do not decode (a forged manifest): rebuild once
+            self._heal(path, 'entry')
+            path = self.get_or_build(kind, key, _build, required=(name,))
+            return built['obj'] if 'obj' in built else load(path / name)
 
     def __repr__(self): return f'ArtifactCache({str(self.root)!r})'
 
+
 # %% ../nbs/00_core.ipynb #f5d1b61e
+def _package_dir() -> Path:
+    "The folder this module was imported from (the working directory inside the notebook)."
+    try: return Path(__file__).resolve().parent
+    except NameError: return Path.cwd()
+
 def git_commit(path: str | Path | None = None) -> str | None:
-    "The git commit of the project at `path` (default: the project root), or None."
-    root = Path(path) if path else project_root()
-    if root is None: return None
+    "The git commit of the checkout at `path` (default: the one this package was imported from), or None."
+    root = Path(path) if path else project_root(_package_dir())
+    if root is None: return None  # installed from a wheel: no checkout to ask
     try:
         out = subprocess.run(['git', '-C', str(root), 'rev-parse', '--verify', '-q', 'HEAD'], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
@@ -268,6 +303,7 @@ def env_info(device: str | torch.device | None = None) -> dict:
     if dev.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(dev); info['cuda'] = torch.version.cuda
     return info
+
 
 # %% ../nbs/00_core.ipynb #b9295ace
 def _repo_root() -> Path | None:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #fdb8e86d
 from __future__ import annotations
-import os, gzip, io, math, pickle, functools
+import os, gzip, io, math, pickle, functools, hashlib, json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from .core import ArtifactCache, config_hash
 
+
 # %% auto #0
 __all__ = ['FASHION_SYSTEM_DIR', 'CHMNIST_URL', 'DATASETS', 'SPLIT_PROTOCOL', 'MIADataset', 'read_idx', 'write_idx',
-           'read_cifar_batch', 'DatasetInfo', 'check_name', 'default_data_root', 'load_dataset', 'Split', 'Splits',
-           'make_splits', 'get_splits', 'splits_hash']
+           'read_cifar_batch', 'DatasetInfo', 'check_name', 'default_data_root', 'load_dataset', 'dataset_fingerprint',
+           'subsample_dataset', 'Split', 'Splits', 'make_splits', 'get_splits', 'splits_hash']
 
 # %% ../nbs/01_data.ipynb #3ecd8c1c
 @dataclass
@@ -26,6 +27,7 @@ class MIADataset:
     y: torch.Tensor
     num_classes: int
     kind: str  # 'image' or 'tabular'
+    source: dict = field(default_factory=dict, repr=False)  # where it was read from: {'path': ..., 'files': [...]}
 
     def __post_init__(self):
         if len(self.x) != len(self.y): raise ValueError(f'{self.name}: {len(self.x)} inputs but {len(self.y)} labels')
@@ -33,8 +35,25 @@ class MIADataset:
             raise ValueError(f'{self.name}: labels must lie in [0, {self.num_classes}), got [{int(self.y.min())}, {int(self.y.max())}]')
     @property
     def input_shape(self) -> tuple: return tuple(self.x.shape[1:])
+    @property
+    def content_hash(self) -> str:
+        "A short SHA-256 of the data used (inputs, labels, their shapes and dtypes, the class count); computed once."
+        if self.__dict__.get('_content_hash') is None: self.__dict__['_content_hash'] = _tensor_hash(self.x, self.y, self.num_classes)
+        return self.__dict__['_content_hash']
     def __len__(self): return len(self.y)
     def __repr__(self): return f'MIADataset({self.name!r}, n={len(self)}, input_shape={self.input_shape}, classes={self.num_classes})'
+
+def _tensor_hash(x: torch.Tensor, # inputs
+                y: torch.Tensor, # labels
+                num_classes: int, # the declared class count
+                length: int = 16, # hex digits kept
+               ) -> str:
+    "SHA-256 (first `length` hex digits) of the bytes of `x` and `y` with their shapes and dtypes."
+    h = hashlib.sha256(json.dumps({'x': [list(x.shape), str(x.dtype)], 'y': [list(y.shape), str(y.dtype)],
+                                   'num_classes': int(num_classes)}, sort_keys=True).encode())
+    for t in (x, y): h.update(memoryview(np.ascontiguousarray(t.detach().cpu().numpy())).cast('B'))
+    return h.hexdigest()[:length]
+
 
 # %% ../nbs/01_data.ipynb #4c28987b
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
@@ -66,13 +85,15 @@ def write_idx(path: str | Path, arr: np.ndarray):
     Path(path).write_bytes(gzip.compress(raw) if str(path).endswith('.gz') else raw)
 
 # %% ../nbs/01_data.ipynb #931cb168
+class _RefusedObject(pickle.UnpicklingError): "A pickle asked for something other than numpy arrays."
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
                 ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
                 ('numpy._core.multiarray', 'scalar'), ('_codecs', 'encode')}
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f'refusing to load {module}.{name}: only numpy arrays are allowed in dataset batches')
+            raise _RefusedObject(f'refusing to load {module}.{name}: only numpy arrays are allowed in dataset batches')
         if module == '_codecs': import _codecs; return _codecs.encode
         if name in ('ndarray', 'dtype'): return getattr(np, name)
         try: from numpy._core import multiarray  # numpy >= 2
@@ -81,10 +102,17 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def read_cifar_batch(path: str | Path) -> dict:
     "Read one CIFAR python batch file; keys are decoded to str ('data', 'labels' or 'fine_labels', ...)."
-    with open(path, 'rb') as f: d = _ArrayOnlyUnpickler(f, encoding='latin1').load()
+    path = Path(path)
+    try:
+        with open(path, 'rb') as f: d = _ArrayOnlyUnpickler(f, encoding='latin1').load()
+    except _RefusedObject as e: raise _RefusedObject(f'{path}: {e}') from None
+    except FileNotFoundError: raise
+    except Exception as e:  # EOFError, UnpicklingError, KeyError ('invalid load key'), ValueError, MemoryError...
+        raise ValueError(f'{path} is not a readable CIFAR batch (empty, truncated or not a pickle): {type(e).__name__}: {e}') from e
     if not isinstance(d, dict) or not any(k in d for k in ('data', b'data')):
-        raise ValueError(f'{path} is not a CIFAR batch (no "data" entry)')
+        raise ValueError(f'{path} is not a CIFAR batch: expected a dict with a "data" entry, got {type(d).__name__}')
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
 
 # %% ../nbs/01_data.ipynb #fd2c8cc0
 def _first_existing(cands: list[Path], names: list[str]) -> Path | None:
@@ -92,55 +120,87 @@ def _first_existing(cands: list[Path], names: list[str]) -> Path | None:
         if all((c / n).exists() for n in names): return c
     return None
 
-def _missing(name, searched, howto):
+def _missing(name, searched, howto, wanted=()):
     where = '\n  '.join(str(s) for s in searched)
-    return FileNotFoundError(f'dataset {name!r} was not found. Looked in:\n  {where}\n{howto}')
+    what = f'\n(each place must hold: {", ".join(wanted)})' if wanted else ''
+    return FileNotFoundError(f'dataset {name!r} was not found. Looked in:\n  {where}{what}\n{howto}')
 
 def _find_variant(path: Path, name: str) -> Path | None:
     "`name` or `name.gz` under `path`."
     for n in (name, name + '.gz'):
-        if (path / n).exists(): return path / n
+        if (path / n).is_file(): return path / n
     return None
 
-def _load_digits(root, download):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    return (d.images[:, None] / 16.0).astype(np.float32), d.target.astype(np.int64)
+def _check_labels(y: np.ndarray, num_classes: int, path) -> np.ndarray:
+    "`y` as 1-D int64 labels in [0, num_classes); ValueError naming `path` otherwise."
+    y = np.asarray(y)
+    if y.ndim != 1: raise ValueError(f'{path}: expected a 1-D array of labels (one per sample), got shape {y.shape}')
+    if y.size and not np.issubdtype(y.dtype, np.integer): raise ValueError(f'{path}: labels must be integers, got dtype {y.dtype}')
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f'{path}: labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]')
+    return y.astype(np.int64)
+
+def _load_digits(root, download, fallback=()):
+    import sklearn.datasets
+    d = sklearn.datasets.load_digits()
+    return (d.images[:, None] / 16.0).astype(np.float32), d.target.astype(np.int64), \
+           [Path(sklearn.datasets.__file__).parent / 'data' / 'digits.csv.gz']
 
 FASHION_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')
 _FASHION_FILES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
 
-def _load_fashion(root, download):
-    cands = [root / 'fashion_mnist', root / 'fashion-mnist', root / 'FashionMNIST' / 'raw', root, FASHION_SYSTEM_DIR]
+def _load_fashion(root, download, fallback=()):
+    cands = [root / 'fashion_mnist', root / 'fashion-mnist', root / 'FashionMNIST' / 'raw', root, *fallback]
     found = [c for c in cands if all(_find_variant(c, n) for n in _FASHION_FILES)]
     if not found and download:
         import torchvision
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
         found = [c for c in cands if all(_find_variant(c, n) for n in _FASHION_FILES)]
-    if not found: raise _missing('fashion_mnist', cands, DATASETS['fashion_mnist'].howto)
-    tr_x, tr_y, te_x, te_y = [read_idx(_find_variant(found[0], n)) for n in _FASHION_FILES]
-    x = np.concatenate([tr_x, te_x])[:, None].astype(np.float32) / 255.0
-    return x, np.concatenate([tr_y, te_y]).astype(np.int64)
+    if not found: raise _missing('fashion_mnist', cands, DATASETS['fashion_mnist'].howto, [f'{n}[.gz]' for n in _FASHION_FILES])
+    files = [_find_variant(found[0], n) for n in _FASHION_FILES]
+    arrs = [read_idx(f) for f in files]
+    for img, f in [(arrs[0], files[0]), (arrs[2], files[2])]:
+        if img.ndim != 3 or img.shape[1:] != (28, 28): raise ValueError(f'{f}: expected images of shape (n, 28, 28), got {img.shape}')
+    for lab, f in [(arrs[1], files[1]), (arrs[3], files[3])]:
+        if lab.ndim != 1: raise ValueError(f'{f}: expected a 1-D array of labels (one per image), got shape {lab.shape}')
+    n_img, n_lab = len(arrs[0]) + len(arrs[2]), len(arrs[1]) + len(arrs[3])
+    for (img, fi), (lab, fl) in [((arrs[0], files[0]), (arrs[1], files[1])), ((arrs[2], files[2]), (arrs[3], files[3]))]:
+        if len(img) != len(lab):
+            raise ValueError(f'{fl} holds {len(lab)} labels but {fi} holds {len(img)} images; expected one label per image '
+                             f'({n_img} inputs but {n_lab} labels in all)')
+        _check_labels(lab, 10, fl)
+    x = np.concatenate([arrs[0], arrs[2]])[:, None].astype(np.float32) / 255.0
+    return x, np.concatenate([arrs[1], arrs[3]]).astype(np.int64), files
 
-def _load_cifar(root, download, hundred: bool):
+def _load_cifar(root, download, fallback=(), hundred: bool = False):
     sub, files, key = (('cifar-100-python', ['train', 'test'], 'fine_labels') if hundred else
                        ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch'], 'labels'))
-    cands = [root / sub, root / ('cifar100' if hundred else 'cifar10') / sub]
+    name, k = ('cifar100', 100) if hundred else ('cifar10', 10)
+    cands = [root / sub, root / name / sub]
     found = _first_existing(cands, files)
     if found is None and download:
         import torchvision
         cls = torchvision.datasets.CIFAR100 if hundred else torchvision.datasets.CIFAR10
         cls(str(root), train=True, download=True)  # torchvision downloads and checks the md5 sums
         found = _first_existing(cands, files)
-    if found is None: raise _missing('cifar100' if hundred else 'cifar10', [c / f for c in cands for f in files[:1]],
-                                     DATASETS['cifar100' if hundred else 'cifar10'].howto)
-    batches = [read_cifar_batch(found / f) for f in files]
-    x = np.concatenate([np.asarray(b['data'], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
-    y = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
-    return x.astype(np.float32) / 255.0, y
+    if found is None: raise _missing(name, cands, DATASETS[name].howto, files)
+    xs, ys = [], []
+    for f in files:
+        p = found / f; b = read_cifar_batch(p)
+        if key not in b: raise ValueError(f'{p}: a {name} batch needs a {key!r} entry, found {sorted(map(str, b))}')
+        data = np.asarray(b['data'])
+        if data.ndim != 2 or data.shape[1] != 3072 or not np.issubdtype(data.dtype, np.integer) \
+                or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise ValueError(f'{p}: "data" must be an (n, 3072) array of bytes (0..255), got shape {data.shape} dtype {data.dtype}')
+        try: lab = np.asarray(b[key])
+        except Exception as e: raise ValueError(f'{p}: {key!r} is not an array of labels: {e}') from e
+        lab = _check_labels(lab, k, f'{p} ({key!r})')
+        if len(lab) != len(data): raise ValueError(f'{p}: {len(data)} images but {len(lab)} labels in {key!r}; expected one label per image')
+        xs.append(data.astype(np.uint8).reshape(-1, 3, 32, 32)); ys.append(lab)
+    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys), [found / f for f in files]
 
-def _load_svhn(root, download):
+def _load_svhn(root, download, fallback=()):
     from scipy.io import loadmat
     files = ['train_32x32.mat', 'test_32x32.mat']
     cands = [root / 'svhn', root]
@@ -149,16 +209,24 @@ def _load_svhn(root, download):
         import torchvision
         for split in ('train', 'test'): torchvision.datasets.SVHN(str(root / 'svhn'), split=split, download=True)
         found = _first_existing(cands, files)
-    if found is None: raise _missing('svhn', [c / files[0] for c in cands], DATASETS['svhn'].howto)
+    if found is None: raise _missing('svhn', cands, DATASETS['svhn'].howto, files)
     xs, ys = [], []
     for f in files:
-        m = loadmat(found / f)
-        xs.append(np.transpose(m['X'], (3, 2, 0, 1))); ys.append(m['y'].reshape(-1).astype(np.int64) % 10)  # '10' is digit 0
-    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
+        p = found / f
+        try: m = loadmat(p)
+        except Exception as e: raise ValueError(f'{p} is not a readable .mat file (truncated or corrupt?): {type(e).__name__}: {e}') from e
+        if 'X' not in m or 'y' not in m: raise ValueError(f'{p}: expected arrays X and y, found {sorted(k for k in m if not k.startswith("__"))}')
+        X, y = np.asarray(m['X']), np.asarray(m['y'])
+        if X.ndim != 4 or X.shape[:3] != (32, 32, 3): raise ValueError(f'{p}: X must have shape (32, 32, 3, n), got {X.shape}')
+        if y.shape not in ((X.shape[3], 1), (X.shape[3],)):
+            raise ValueError(f'{p}: y must hold one label per image, shape ({X.shape[3]}, 1), got {y.shape}')
+        xs.append(np.transpose(X, (3, 2, 0, 1)))
+        ys.append(_check_labels(y.reshape(-1).astype(np.int64) % 10 if np.issubdtype(y.dtype, np.number) else y.reshape(-1), 10, p))  # '10' is digit 0
+    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys), [found / f for f in files]
 
 CHMNIST_URL = 'https://zenodo.org/record/53169/files/Kather_texture_2016_image_tiles_5000.zip'
 
-def _load_chmnist(root, download, size: int = 32):
+def _load_chmnist(root, download, fallback=(), size: int = 32):
     from PIL import Image
     sub = 'Kather_texture_2016_image_tiles_5000'
     cands = [root / sub, root / 'chmnist' / sub, root / 'chmnist']
@@ -168,27 +236,34 @@ def _load_chmnist(root, download, size: int = 32):
         from torchvision.datasets.utils import download_and_extract_archive
         download_and_extract_archive(CHMNIST_URL, str(root))
         found = next((c for c in cands if ok(c)), None)
-    if found is None: raise _missing('chmnist', cands, DATASETS['chmnist'].howto)
+    if found is None: raise _missing('chmnist', cands, DATASETS['chmnist'].howto, ['8 class folders of image tiles'])
     classes = sorted(p for p in found.iterdir() if p.is_dir())
-    xs, ys = [], []
+    xs, ys, read = [], [], []
     for ci, cdir in enumerate(classes):
         for f in sorted(cdir.iterdir()):
             if f.suffix.lower() not in ('.tif', '.tiff', '.png', '.jpg', '.jpeg', '.bmp'): continue
-            with Image.open(f) as im:
-                im = im.convert('RGB').resize((size, size), Image.BILINEAR)
-                xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)); ys.append(ci)
-    if not xs: raise _missing('chmnist', [found], DATASETS['chmnist'].howto)
-    return np.stack(xs).astype(np.float32) / 255.0, np.asarray(ys, dtype=np.int64)
+            try:
+                with Image.open(f) as im:
+                    im = im.convert('RGB').resize((size, size), Image.BILINEAR)
+                    xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)); ys.append(ci); read.append(f)
+            except Exception as e: raise ValueError(f'{f} is not a readable image (truncated or corrupt?): {type(e).__name__}: {e}') from e
+    if not xs: raise _missing('chmnist', [found], DATASETS['chmnist'].howto, ['image tiles (.tif, .png, .jpg) in class folders'])
+    if len(classes) > 8: raise ValueError(f'{found}: chmnist has 8 classes but the folder holds {len(classes)} class folders')
+    return np.stack(xs).astype(np.float32) / 255.0, np.asarray(ys, dtype=np.int64), read
 
-def _labels0(y, name, num_classes):
-    "Map 1-based labels (the releases' convention) to 0-based; check the range."
-    y = np.asarray(y).reshape(-1)
+def _labels0(y, name, num_classes, path=None):
+    "Map 1-based labels (the releases' convention) to 0-based; check shape and range."
+    where = path or name
+    y = np.asarray(y)
+    if y.ndim != 1: raise ValueError(f'{where}: expected a 1-D array of labels (one per row), got shape {y.shape}')
+    if y.size and not np.issubdtype(y.dtype, np.number): raise ValueError(f'{where}: labels must be numbers, got dtype {y.dtype}')
     if y.size and np.issubdtype(y.dtype, np.floating):
-        if not np.all(y == np.round(y)): raise ValueError(f'{name}: labels must be integers')
+        if not np.all(np.isfinite(y)): raise ValueError(f'{where}: labels must be finite, found {int((~np.isfinite(y)).sum())} NaN/inf')
+        if not np.all(y == np.round(y)): raise ValueError(f'{where}: labels must be integers')
     y = y.astype(np.int64)
     if y.size and y.min() >= 1 and y.max() == num_classes: y = y - 1
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f'{name}: labels must be 1..{num_classes} (or 0..{num_classes - 1}), got {y.min()}..{y.max()}')
+        raise ValueError(f'{where}: {name} labels must be 1..{num_classes} (or 0..{num_classes - 1}), got {y.min()}..{y.max()}')
     return y
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -198,50 +273,59 @@ def _read_csv(path: Path) -> np.ndarray:
     return arr
 
 def _tabular(name, root, num_features, num_classes, npz_names, label_first_csv, label_last_csv, pair=None):
-    "Find one of the accepted tabular files of `name` under root and return (x, y)."
+    "Find one of the accepted tabular files of `name` under root and return (x, y, files)."
     searched = []
     for d in [root / name, root]:
         for n in npz_names:
             p = d / n; searched.append(p)
-            if p.exists():
+            if p.is_file():
                 try: z = np.load(p, allow_pickle=False)
                 except Exception as e: raise ValueError(f'{p} is not a readable .npz file: {type(e).__name__}: {e}') from e
+                if not hasattr(z, 'files'): raise ValueError(f'{p} is a single .npy array, not an .npz archive with arrays x and y')
                 with z:
                     xk = next((k for k in ('x', 'features', 'X') if k in z.files), None)
                     yk = next((k for k in ('y', 'labels', 'Y') if k in z.files), None)
                     if xk is None or yk is None: raise ValueError(f'{p}: expected arrays x and y, found {z.files}')
-                    x, y = z[xk].astype(np.float32), z[yk]
-                return _check_tab(name, p, x, _labels0(y, name, num_classes), num_features)
+                    try: x, y = z[xk], z[yk]
+                    except Exception as e: raise ValueError(f'{p}: cannot read arrays {xk}/{yk} (truncated or object arrays?): {type(e).__name__}: {e}') from e
+                if not np.issubdtype(x.dtype, np.number) and x.dtype != bool: raise ValueError(f'{p}: {xk} must be numeric, got dtype {x.dtype}')
+                y = _labels0(y, name, num_classes, p)
+                if len(x) != len(y): raise ValueError(f'{p}: {len(x)} rows in {xk} but {len(y)} labels in {yk}')
+                return _check_tab(name, p, x.astype(np.float32), y, num_features) + ([p],)
         for n in label_first_csv:
             p = d / n; searched.append(p)
-            if p.exists():
-                a = _read_csv(p); return _check_tab(name, p, a[:, 1:], _labels0(a[:, 0], name, num_classes), num_features)
+            if p.is_file():
+                a = _read_csv(p); return _check_tab(name, p, a[:, 1:], _labels0(a[:, 0], name, num_classes, p), num_features) + ([p],)
         for n in label_last_csv:
             p = d / n; searched.append(p)
-            if p.exists():
-                a = _read_csv(p); return _check_tab(name, p, a[:, :-1], _labels0(a[:, -1], name, num_classes), num_features)
+            if p.is_file():
+                a = _read_csv(p); return _check_tab(name, p, a[:, :-1], _labels0(a[:, -1], name, num_classes, p), num_features) + ([p],)
         if pair:
             fx, fy = d / pair[0], d / pair[1]; searched.append(fx)
-            if fx.exists() and fy.exists():
-                x = _read_csv(fx); y = np.loadtxt(fy, delimiter=',', ndmin=1)
+            if fx.is_file() and fy.is_file():
+                x = _read_csv(fx)
+                try: y = np.loadtxt(fy, delimiter=',', ndmin=1)
+                except ValueError as e: raise ValueError(f'{fy} is not a list of numeric labels: {e}') from e
+                y = _labels0(y, name, num_classes, fy)
                 if len(x) != len(y): raise ValueError(f'{fx} has {len(x)} rows but {fy} has {len(y)} labels')
-                return _check_tab(name, fx, x, _labels0(y, name, num_classes), num_features)
+                return _check_tab(name, fx, x, y, num_features) + ([fx, fy],)
     raise _missing(name, searched, DATASETS[name].howto)
 
 def _check_tab(name, path, x, y, d):
     if x.ndim != 2 or x.shape[1] != d: raise ValueError(f'{path}: {name} rows must have {d} features, got shape {x.shape}')
     return x.astype(np.float32), y
 
-def _load_purchase(root, download):
+def _load_purchase(root, download, fallback=()):
     return _tabular('purchase100', root, 600, 100, ['purchase100.npz', 'purchase.npz'], ['dataset_purchase'],
                     ['purchase100.csv', 'purchase100.txt'])
 
-def _load_texas(root, download):
+def _load_texas(root, download, fallback=()):
     return _tabular('texas100', root, 6169, 100, ['texas100.npz', 'texas.npz'], [], [],
                     pair=('texas/100/feats', 'texas/100/labels'))
 
-def _load_location(root, download):
+def _load_location(root, download, fallback=()):
     return _tabular('location', root, 446, 30, ['location.npz', 'data_complete.npz'], ['bangkok', 'location.csv'], [])
+
 
 # %% ../nbs/01_data.ipynb #d0c35e9c
 @dataclass(frozen=True)
@@ -251,19 +335,21 @@ class DatasetInfo:
     kind: str
     num_classes: int
     input_shape: tuple
-    loader: Callable = field(repr=False)
+    loader: Callable = field(repr=False)  # loader(root, download, fallback_dirs) -> (x, y, files read)
     mean: tuple | None = None
     std: tuple | None = None
     howto: str = field(default='', repr=False)
+    system_dirs: tuple = ()  # folders searched after the default data root when no root is given
+    embedded: bool = False  # ships with a Python package: no data root is read
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo('digits', 'image', 10, (1, 8, 8), _load_digits, (0.3053,), (0.3760,),
-                'It ships with scikit-learn: pip install scikit-learn.'),
+                'It ships with scikit-learn: pip install scikit-learn.', embedded=True),
     DatasetInfo('fashion_mnist', 'image', 10, (1, 28, 28), _load_fashion, (0.2860,), (0.3530,),
                 'Get it with `apt-get install dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist), '
                 'or put the four IDX files (train/t10k images/labels, .gz or not) under ROOT/fashion_mnist, '
-                'or pass download=True where internet is reachable.'),
+                'or pass download=True where internet is reachable.', system_dirs=(FASHION_SYSTEM_DIR,)),
     DatasetInfo('cifar10', 'image', 10, (3, 32, 32), functools.partial(_load_cifar, hundred=False),
                 (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
                 'Unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into ROOT, '
@@ -296,30 +382,115 @@ def check_name(name, registry: dict, what: str) -> str:
     return name
 
 def default_data_root() -> Path:
-    "`$MIA_PRUNING_DATA`, else ~/.mia_pruning/data."
-    return Path(os.environ.get('MIA_PRUNING_DATA', '~/.mia_pruning/data')).expanduser()
+    "The data root used when none is given: `$MIA_PRUNING_DATA`, else ~/.mia_pruning/data."
+    return Path(os.environ.get('MIA_PRUNING_DATA') or '~/.mia_pruning/data').expanduser()
+
 
 # %% ../nbs/01_data.ipynb #08884cd9
-@functools.lru_cache(maxsize=4)
-def _load_cached(name, root, download):
+_LOADED: dict = {}  # (name, root, explicit, download) -> (files' (path, size, mtime) signature, MIADataset); newest last
+_LOADED_MAX = 4
+
+def _signature(files) -> tuple:
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+def _provenance(files: list[Path]) -> dict:
+    "{'path': the folder (or single file) read, 'files': names under it (a count beyond 12 files)}."
+    files = [Path(f).resolve() for f in files]
+    if len(files) == 1: return {'path': str(files[0]), 'files': [files[0].name]}
+    base = Path(os.path.commonpath([str(f) for f in files]))
+    rel = [str(f.relative_to(base)) for f in files]
+    return {'path': str(base), 'files': rel} if len(rel) <= 12 else {'path': str(base), 'n_files': len(rel)}
+
+def _read(name, root: Path, explicit: bool, download: bool) -> tuple[MIADataset, list]:
     info = DATASETS[name]
-    x, y = info.loader(Path(root), download)
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x, y, files = info.loader(root, download, () if explicit else tuple(info.system_dirs))
+    where = ', '.join(str(f) for f in files)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f'{name}: {int((~np.isfinite(x)).sum())} non-finite input value(s) (NaN or inf) in {where}; '
+                         'every feature must be a finite number')
+    x = torch.from_numpy(x)
     if info.mean is not None:
         shape = (1, -1) + (1,) * (x.ndim - 2)
         x = (x - torch.tensor(info.mean).view(shape)) / torch.tensor(info.std).view(shape)
     if tuple(x.shape[1:]) != info.input_shape:
-        raise ValueError(f'{name}: expected inputs of shape {info.input_shape}, read {tuple(x.shape[1:])}')
-    return MIADataset(name, x.contiguous(), torch.from_numpy(y), info.num_classes, info.kind)
+        raise ValueError(f'{name}: expected inputs of shape {info.input_shape}, read {tuple(x.shape[1:])} from {where}')
+    try: ds = MIADataset(name, x.contiguous(), torch.from_numpy(np.asarray(y, dtype=np.int64)), info.num_classes, info.kind)
+    except ValueError as e: raise ValueError(f'{e} (read from {where})') from None
+    ds.source = _provenance(files)
+    return ds, files
+
+def _load(name, root: Path, explicit: bool, download: bool) -> MIADataset:
+    "The pool, from the in-process cache while the files it was read from are unchanged (size and mtime)."
+    key = (name, str(root), explicit, download)
+    if key in _LOADED:
+        sig, files, ds = _LOADED.pop(key)
+        try:
+            if _signature(files) == sig: _LOADED[key] = (sig, files, ds); return ds
+        except OSError: pass
+    ds, files = _read(name, root, explicit, download)
+    _LOADED[key] = (_signature(files), files, ds)
+    while len(_LOADED) > _LOADED_MAX: _LOADED.pop(next(iter(_LOADED)))
+    return ds
+
+def _resolve_root(name, root) -> tuple[Path, bool]:
+    "(root, explicit): the given root, checked to be a folder, or the default data root."
+    if root is None or str(root) == '': return default_data_root(), False
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir() and not DATASETS[name].embedded:
+        raise FileNotFoundError(f'dataset {name!r} was not found: the data root {path} is a file, not a folder. '
+                                f'Pass the folder that holds the files.\n{DATASETS[name].howto}')
+    return path, True
 
 def load_dataset(name: str, # a key of DATASETS
-                 root: str | Path | None = None, # data root (default: `default_data_root()`)
+                 root: str | Path | None = None, # data root; None or '' = `default_data_root()`, then the system copy
                  download: bool = False, # fetch the files where internet is reachable
                 ) -> MIADataset:
-    "Load a whole dataset pool as a normalised in-memory `MIADataset`."
+    "Load a whole dataset pool as a normalised in-memory `MIADataset` (with `.source` and `.content_hash`)."
     check_name(name, DATASETS, 'dataset')
-    root = Path(root).expanduser() if root is not None else default_data_root()
-    return _load_cached(name, str(root), bool(download))
+    root, explicit = _resolve_root(name, root)
+    return _load(name, root, explicit, bool(download))
+
+def dataset_fingerprint(name: str, # a key of DATASETS
+                        root: str | Path | None = None, # as for `load_dataset`
+                        subsample: int = 0, # as for `subsample_dataset` (0 = the whole pool)
+                        seed: int = 7, # the subsample's seed
+                       ) -> dict:
+    "{'path': where the data is read from, 'content_hash': the hash a run on it records}, without a run."
+    ds = subsample_dataset(load_dataset(name, root), subsample, seed)
+    return {'path': ds.source.get('path'), 'content_hash': ds.content_hash}
+
+
+# %% ../nbs/01_data.ipynb #b02148ef
+def _stratified_indices(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    "Sorted indices of `n` samples, class shares of `y` kept to within one sample (largest remainder)."
+    rng = np.random.RandomState(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * n / len(y)
+    take = np.floor(exact).astype(np.int64)
+    order = np.lexsort((rng.permutation(len(classes)), -(exact - take)))  # largest remainder first, ties by the seed
+    take[order[:n - int(take.sum())]] += 1
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]))
+
+def subsample_dataset(ds: MIADataset, # the whole pool
+                      n: int, # samples to keep; 0 = all
+                      seed: int = 7, # which subset
+                     ) -> MIADataset:
+    "A stratified, seeded subset of `n` samples of `ds` (`ds` itself for n = 0 or n = len(ds))."
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f'subsample must be an integer (0 = the whole pool), got {n!r}')
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f'subsample seed must be an integer in [0, 2**32 - 1], got {seed!r}')
+    if n == 0 or n == len(ds): return ds
+    if not ds.num_classes <= n <= len(ds):
+        raise ValueError(f'subsample={n} is out of range for {ds.name}: use 0 (the whole pool) or an integer in '
+                         f'[{ds.num_classes}, {len(ds)}] (at least one sample per class, at most the pool)')
+    idx = torch.from_numpy(_stratified_indices(ds.y.numpy(), int(n), int(seed)))
+    sub = MIADataset(ds.name, ds.x[idx].contiguous(), ds.y[idx].contiguous(), ds.num_classes, ds.kind,
+                     source={**ds.source, 'subsample': int(n), 'subsample_seed': int(seed), 'parent_hash': ds.content_hash})
+    sub.__dict__['_content_hash'] = config_hash({'parent': ds.content_hash, 'subsample': int(n), 'seed': int(seed)})
+    return sub
+
 
 # %% ../nbs/01_data.ipynb #c4e593f2
 @dataclass
@@ -363,7 +534,7 @@ def _check_frac(name, v):
         raise ValueError(f'{name} must be a number strictly between 0 and 1, got {v!r}')
 
 def _cut(idx: np.ndarray, frac: float, seed: int):
-    "Permute `idx` with `seed`; return (rest, held_out) with ceil(len*frac) held out."
+    "`train_test_split(idx, test_size=frac, random_state=seed)`: (rest, held_out), ceil(len*frac) held out, in permuted order."
     perm = np.random.RandomState(seed).permutation(idx)
     k = math.ceil(len(idx) * frac)
     return perm[k:], perm[:k]
@@ -390,27 +561,37 @@ def make_splits(n: int, # pool size
     _check_split_args(n, num_shadows, test_frac, dev_frac)
     victim_half, shadow_pool = _cut(np.arange(n), 0.5, seed)
     victim = _split_pool(victim_half, seed, test_frac, dev_frac)
-    shadows = [_split_pool(np.sort(shadow_pool), seed + i, test_frac, dev_frac) for i in range(int(num_shadows))]
+    shadows = [_split_pool(shadow_pool, seed + i, test_frac, dev_frac) for i in range(int(num_shadows))]  # pool in returned order (v2)
     for s in [victim] + shadows:
         if min(s.sizes()) == 0: raise ValueError(f'n={n} is too small for these fractions: a split came out empty {s.sizes()}')
     return Splits(victim, shadows, int(n), int(seed))
 
-# %% ../nbs/01_data.ipynb #dbb26da1
-SPLIT_PROTOCOL = 'yuan-zhang-2022/v1'
 
-def get_splits(dataset: str, # dataset name (part of the cache key)
-               n: int, # pool size
+# %% ../nbs/01_data.ipynb #dbb26da1
+SPLIT_PROTOCOL = 'yuan-zhang-2022/v2'  # v2: shadows re-split the pool in the order the first cut returned it
+
+def get_splits(dataset: str | MIADataset, # a loaded pool (its content hash keys the cache), or a dataset name
+               n: int | None = None, # pool size (default: `len(dataset)`; needed when a name is given)
                seed: int = 7, num_shadows: int = 5, test_frac: float = 0.45, dev_frac: float = 0.1818,
                cache: ArtifactCache | None = None, # default: ArtifactCache()
               ) -> Splits:
     "`make_splits`, computed once per key and reused from the artifact cache."
+    if isinstance(dataset, MIADataset):
+        if n is None: n = len(dataset)
+        if n != len(dataset): raise ValueError(f'n={n!r} but the {dataset.name} pool holds {len(dataset)} samples')
+        name, data_hash = dataset.name, dataset.content_hash
+    elif isinstance(dataset, str):
+        if n is None: raise ValueError(f'n (the pool size) is needed when the dataset is given by name ({dataset!r})')
+        name, data_hash = dataset, None
+    else: raise ValueError(f'dataset must be an MIADataset or a dataset name, got {type(dataset).__name__}')
     _check_split_args(n, num_shadows, test_frac, dev_frac)  # before the cache folder is touched
     cache = cache if cache is not None else ArtifactCache()
-    key = dict(dataset=dataset, n=int(n), seed=int(seed), num_shadows=int(num_shadows), test_frac=test_frac,
-               dev_frac=dev_frac, protocol=SPLIT_PROTOCOL)
+    key = dict(dataset=name, content_hash=data_hash, n=int(n), seed=int(seed), num_shadows=int(num_shadows),
+               test_frac=test_frac, dev_frac=dev_frac, protocol=SPLIT_PROTOCOL)
     arrays = cache.load_or_build('splits', key, lambda: make_splits(n, seed, num_shadows, test_frac, dev_frac).to_arrays(), fmt='npz')
     return Splits.from_arrays(arrays)
 
 def splits_hash(split: Split) -> str:
     "A stable hash of one split's index arrays (part of model cache keys)."
     return config_hash({'train': split.train.tolist(), 'dev': split.dev.tolist(), 'test': split.test.tolist()})
+

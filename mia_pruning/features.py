@@ -186,7 +186,10 @@ def _boolean(name: str, a) -> np.ndarray:
     raise ValueError(f'{name} must be boolean (True/False or 0/1), got dtype {a.dtype}'
                      + (f' with values {np.unique(a)[:5].tolist()}' if a.dtype.kind in 'iuf' else ''))
 
-_OPTIONAL = ('sensitivity', 'loss', 'lsc', 'index', 'ref_lsc', 'ref_py', 'ref_in', 'pop_py', 'pop_ref_py')
+_OPTIONAL = ('sensitivity', 'loss', 'lsc', 'index', 'inputs', 'ref_lsc', 'ref_py', 'ref_in', 'pop_py', 'pop_ref_py', 'pop_labels',
+             'pop_inputs')
+_ROWS = ('probs', 'labels', 'is_member', 'sensitivity', 'loss', 'lsc', 'index', 'inputs', 'ref_lsc', 'ref_py', 'ref_in')  # one row per sample
+_POP = ('pop_py', 'pop_ref_py', 'pop_labels', 'pop_inputs')  # one row per target model (group)
 
 @dataclass(eq=False)
 class AttackData:
@@ -204,6 +207,9 @@ class AttackData:
     ref_in: np.ndarray | None = None  # (n, R) bool: reference r trained on sample i
     pop_py: np.ndarray | None = None  # (G, Z) target's true-class probability on population samples
     pop_ref_py: np.ndarray | None = None  # (G, Z, R) references' true-class probability on population samples
+    inputs: np.ndarray | None = None  # (n, d) float32: a per-sample representation of the input x (QMIA's regressor reads it)
+    pop_labels: np.ndarray | None = None  # (G, Z) the population samples' true classes
+    pop_inputs: np.ndarray | None = None  # (G, Z, d) float32: the population samples' input representation
     atol: float = 1e-4  # tolerance of the row sums of `probs`
 
     def __post_init__(self):
@@ -244,6 +250,11 @@ class AttackData:
             if self.index.shape != (n,) or (n and self.index.dtype.kind not in 'iu'):
                 raise ValueError(f'index must be ({n},) integers, got shape {self.index.shape} dtype {self.index.dtype}')
             self.index = self.index.astype(np.int64)
+        if self.inputs is not None:
+            xi = _arr(self.inputs, np.float32)
+            if xi.ndim != 2 or xi.shape[0] != n: raise ValueError(f'inputs must have shape ({n}, d), got {xi.shape}')
+            _finite('inputs', xi)
+            self.inputs = xi
         self._check_refs(n)
         self._check_population(n)
 
@@ -268,8 +279,10 @@ class AttackData:
         if g.shape != (n,) or (n and g.dtype.kind not in 'iu') or (n and g.min() < 0):
             raise ValueError(f'group must be ({n},) non-negative integers, got shape {g.shape} dtype {g.dtype}')
         self.group = g.astype(np.int64)
-        if self.pop_py is None and self.pop_ref_py is None: return
-        if self.pop_py is None: raise ValueError('pop_ref_py needs pop_py (G, Z): the target\'s true-class probability on the population')
+        if self.pop_py is None and all(getattr(self, k) is None for k in _POP): return
+        if self.pop_py is None:
+            given = [k for k in _POP if getattr(self, k) is not None]
+            raise ValueError(f'{given} need pop_py (G, Z): the target\'s true-class probability on the population')
         pp = _arr(self.pop_py, np.float64)
         if pp.ndim == 1: pp = pp[None]
         if pp.ndim != 2 or pp.shape[1] < 1: raise ValueError(f'pop_py must have shape (G, Z), got {pp.shape}')
@@ -287,6 +300,22 @@ class AttackData:
             _finite('pop_ref_py', pr)
             if ((pr < 0) | (pr > 1 + self.atol)).any(): raise ValueError('pop_ref_py must be probabilities in [0, 1]')
             self.pop_ref_py = np.clip(pr, 0, 1)
+        if self.pop_labels is not None:
+            pl = _arr(self.pop_labels)
+            if pl.ndim == 1: pl = pl[None]
+            if pl.shape != pp.shape or (pl.size and pl.dtype.kind not in 'iu'):
+                raise ValueError(f'pop_labels must be integers of shape {pp.shape} (that of pop_py), got {pl.shape} {pl.dtype}')
+            if pl.size and (pl.min() < 0 or pl.max() >= self.num_classes):
+                raise ValueError(f'pop_labels must lie in [0, {self.num_classes}); got min {pl.min()}, max {pl.max()}')
+            self.pop_labels = pl.astype(np.int64)
+        if self.pop_inputs is not None:
+            pi = _arr(self.pop_inputs, np.float32)
+            if pi.ndim == 2: pi = pi[None]
+            if pi.ndim != 3 or pi.shape[:2] != pp.shape: raise ValueError(f'pop_inputs must have shape {pp.shape + ("d",)}, got {pi.shape}')
+            if self.inputs is not None and pi.shape[2] != self.inputs.shape[1]:
+                raise ValueError(f'pop_inputs has {pi.shape[2]} features per sample but inputs has {self.inputs.shape[1]}; they must match')
+            _finite('pop_inputs', pi)
+            self.pop_inputs = pi
 
     def __len__(self): return len(self.labels)
     @property
@@ -308,7 +337,7 @@ class AttackData:
         if sel.dtype == bool and sel.shape != (len(self),):
             raise ValueError(f'a boolean mask must have shape ({len(self)},), got {sel.shape}')
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k in ('probs', 'labels', 'is_member', 'sensitivity', 'loss', 'lsc', 'index', 'group', 'ref_lsc', 'ref_py', 'ref_in'):
+        for k in _ROWS + ('group',):
             if kw[k] is not None: kw[k] = kw[k][sel]
         return AttackData(**kw)
 
@@ -321,7 +350,7 @@ class AttackData:
         C = {p.num_classes for p in parts}
         if len(C) > 1: raise ValueError(f'cannot pool AttackData with different numbers of classes: {sorted(C)}')
         kw = {}
-        for k in ('sensitivity', 'index', 'ref_lsc', 'ref_py', 'ref_in', 'pop_py', 'pop_ref_py'):
+        for k in ('sensitivity', 'index', 'inputs', 'ref_lsc', 'ref_py', 'ref_in') + _POP:
             have = [getattr(p, k) is not None for p in parts]
             if any(have) and not all(have):
                 raise ValueError(f'cannot pool AttackData where only some parts have {k} (parts {[i for i, h in enumerate(have) if h]} of {len(parts)})')
@@ -330,11 +359,11 @@ class AttackData:
         if parts[0].pop_py is not None:
             Z = {p.pop_py.shape[1] for p in parts}
             if len(Z) > 1: raise ValueError(f'cannot pool AttackData with different population sizes: {sorted(Z)}')
-        for k in ('probs', 'labels', 'is_member', 'sensitivity', 'loss', 'lsc', 'index', 'ref_lsc', 'ref_py', 'ref_in'):
+        for k in _ROWS:
             kw[k] = None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
         offs = np.cumsum([0] + [p.num_groups for p in parts])
         kw['group'] = np.concatenate([p.group + o for p, o in zip(parts, offs)])
-        for k in ('pop_py', 'pop_ref_py'):
+        for k in _POP:
             kw[k] = None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
         return cls(**kw, atol=max(p.atol for p in parts))
 
@@ -342,6 +371,7 @@ class AttackData:
         extra = [k for k in _OPTIONAL if getattr(self, k) is not None and k not in ('loss', 'lsc')]
         return (f'AttackData(n={len(self)}, members={int(self.is_member.sum())}, classes={self.num_classes}, '
                 f'refs={self.num_refs}, groups={self.num_groups}, with={extra})')
+
 
 # %% ../nbs/05_features.ipynb #ac44c2da
 def attack_data_for(model: torch.nn.Module, # the target model
@@ -354,6 +384,7 @@ def attack_data_for(model: torch.nn.Module, # the target model
                     reference_models: Sequence[torch.nn.Module] | None = None, # reference models (LiRA, RMIA)
                     ref_in=None, # (n, R) bool, rows = members then non-members: reference r trained on the sample
                     population_idx=None, # RMIA population samples (in no training set of target or references)
+                    with_inputs: bool = False, # also keep each sample's flattened input x (QMIA's regressor features)
                     seed: int = 0, # seed of the sensitivity noise
                     device=None, # torch device or name (default: auto)
                     batch_size: int = 1024, # samples per forward pass
@@ -387,6 +418,8 @@ def attack_data_for(model: torch.nn.Module, # the target model
     z = model_outputs(model, ds, idx, dev, batch_size)
     kw = dict(probs=posteriors(z), labels=y.numpy(), is_member=np.r_[np.ones(len(mi), bool), np.zeros(len(ni), bool)],
               loss=per_sample_loss(z, y), lsc=logit_scaled_confidence(z, y), index=idx)
+    flat = lambda ii: ds.x[torch.as_tensor(ii)].reshape(len(ii), -1).float().numpy()
+    if with_inputs: kw['inputs'] = flat(idx)
     if with_sensitivity:
         kw['sensitivity'] = sensitivity(model, ds, idx, m=m, eps=eps, seed=seed, device=dev,
                                         batch_size=max(1, batch_size // max(m, 1)), progress=progress)
@@ -398,6 +431,9 @@ def attack_data_for(model: torch.nn.Module, # the target model
     if pop is not None:
         yp = ds.y[torch.as_tensor(pop)]
         kw['pop_py'] = true_class_prob(posteriors(model_outputs(model, ds, pop, dev, batch_size)), yp)[None]
+        kw['pop_labels'] = yp.numpy()[None]
+        if with_inputs: kw['pop_inputs'] = flat(pop)[None]
         if refs: kw['pop_ref_py'] = np.stack([true_class_prob(posteriors(model_outputs(r, ds, pop, dev, batch_size)), yp)
                                               for r in refs], 1)[None]
     return AttackData(**kw)
+

@@ -10,8 +10,8 @@ import pandas as pd
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['FPR_TARGETS', 'fit_threshold', 'fit_threshold_reference', 'roc_curve_points', 'membership_metrics',
-           'per_class_metrics', 'plot_roc']
+__all__ = ['FPR_TARGETS', 'MIN_CLASS_SIDE', 'fit_threshold', 'fit_threshold_reference', 'roc_curve_points', 'fpr_floor',
+           'resolvable_targets', 'membership_metrics', 'per_class_metrics', 'empirical_epsilon', 'plot_roc']
 
 # %% ../nbs/07_metrics.ipynb #21d89a0f
 def _as_bool(x, name: str, n: int | None = None) -> np.ndarray:
@@ -103,6 +103,15 @@ def roc_curve_points(scores, # attack scores, larger = more member-like
 # %% ../nbs/07_metrics.ipynb #3be8f36e
 FPR_TARGETS = {'tpr_at_1pct_fpr': 1e-2, 'tpr_at_0_1pct_fpr': 1e-3, 'tpr_at_0_01pct_fpr': 1e-4}
 
+def fpr_floor(n_nonmembers: int) -> float:
+    "The finest FPR level `n_nonmembers` non-members resolve: one false positive, 1 / n_nonmembers."
+    if n_nonmembers < 1: raise ValueError(f'need at least one non-member, got {n_nonmembers}')
+    return 1.0 / n_nonmembers
+
+def resolvable_targets(n_nonmembers: int) -> dict[str, bool]:
+    "For each FPR_TARGETS key: whether its FPR level is at least the floor 1 / n_nonmembers (else its TPR is NaN)."
+    return {k: t >= fpr_floor(n_nonmembers) * (1 - 1e-12) for k, t in FPR_TARGETS.items()}
+
 def _curve_stats(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, np.ndarray]:
     "auc, advantage, best_acc and TPR at the fixed FPRs, for each row of (B, k+1) ROC points."
     out = {'auc': np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2}
@@ -117,6 +126,7 @@ def _resample_chunks(n_in: int, n_out: int, k: int, n_boot: int, budget: int = 4
     size = max(1, min(n_boot, budget // max(k + 1, n_in, n_out)))
     return [min(size, n_boot - i) for i in range(0, n_boot, size)]
 
+
 # %% ../nbs/07_metrics.ipynb #d174677b
 def membership_metrics(scores, # attack scores, larger = more member-like
                        is_member, # bool (or 0/1) ground truth
@@ -126,7 +136,7 @@ def membership_metrics(scores, # attack scores, larger = more member-like
                        seed: int = 0, # seed of the bootstrap
                        alpha: float = 0.05, # 1 - confidence level of the intervals
                       ) -> dict:
-    "AUC, advantage, TPR at 1/0.1/0.01% FPR, best_acc (optimistic bound), attack_acc of `decisions`, intervals."
+    "AUC, advantage, TPR at 1/0.1/0.01% FPR (NaN below `fpr_floor`), best_acc (optimistic bound), attack_acc of `decisions`, intervals."
     s, m = _check_inputs(scores, is_member)
     d = None if decisions is None else _as_bool(decisions, 'decisions', len(s))
     if labels is not None:
@@ -138,14 +148,16 @@ def membership_metrics(scores, # attack scores, larger = more member-like
     r, k = _value_ranks(s)
     r_in, r_out = r[m], r[~m]
     n_in, n_out = len(r_in), len(r_out)
-    res = {'n_members': n_in, 'n_nonmembers': n_out}
+    res = {'n_members': n_in, 'n_nonmembers': n_out, 'fpr_floor': fpr_floor(n_out)}
     res.update({key: float(v[0]) for key, v in _curve_stats(*_roc_counts(r_in[None], r_out[None], k)).items()})
+    unresolved = [key for key, ok in resolvable_targets(n_out).items() if not ok]
+    for key in unresolved: res[key] = float('nan')  # finer than one false positive: not measurable here
     if d is not None:
         d_in, d_out = d[m], d[~m]
         res['attack_tpr'], res['attack_fpr'] = float(d_in.mean()), float(d_out.mean())
         res['attack_acc'] = 0.5 * (res['attack_tpr'] + 1 - res['attack_fpr'])
     if labels is not None:
-        aucs = per_class_metrics(s, m, labels)['auc'].dropna()
+        aucs = per_class_metrics(s, m, labels)['auc'].dropna()  # classes too small to resolve an AUC are NaN
         res.update(per_class_auc_min=float(aucs.min()) if len(aucs) else float('nan'),
                    per_class_auc_max=float(aucs.max()) if len(aucs) else float('nan'),
                    n_classes_scored=int(len(aucs)))
@@ -158,18 +170,24 @@ def membership_metrics(scores, # attack scores, larger = more member-like
                 boot.setdefault('attack_acc', []).append(0.5 * (d_in[i_in].mean(1) + 1 - d_out[i_out].mean(1)))
         for key, v in boot.items():
             lo, hi = np.quantile(np.concatenate(v), [alpha / 2, 1 - alpha / 2])
-            res[f'{key}_lo'], res[f'{key}_hi'] = float(lo), float(hi)
+            res[f'{key}_lo'], res[f'{key}_hi'] = (float('nan'),) * 2 if key in unresolved else (float(lo), float(hi))
         res['n_boot'], res['alpha'] = int(n_boot), float(alpha)
     return res
 
+
 # %% ../nbs/07_metrics.ipynb #c2f000a2
+MIN_CLASS_SIDE = 20  # per-class metrics need this many members and non-members of the class
+
 def per_class_metrics(scores, # attack scores, larger = more member-like
                       is_member, # bool (or 0/1) ground truth
                       labels, # the true class of each sample
                       decisions=None, # the attack's own hard decisions (bool), if any
+                      min_side: int = MIN_CLASS_SIDE, # fewer members or non-members than this: the class's metrics are NaN
                      ) -> pd.DataFrame:
-    "One row per class: n_members, n_nonmembers, auc, attack_acc, best_acc (NaN where a class lacks a side)."
+    "One row per class: n_members, n_nonmembers, auc, attack_acc, best_acc, and `note` saying why a class is NaN."
     s, m = _check_inputs(scores, is_member, both=False)
+    if isinstance(min_side, bool) or not isinstance(min_side, (int, np.integer)) or min_side < 1:
+        raise ValueError(f'min_side must be a positive integer, got {min_side!r}')
     labels = np.asarray(labels)
     if labels.shape != s.shape: raise ValueError(f'labels has shape {labels.shape} but scores has shape {s.shape}; they must match')
     d = None if decisions is None else _as_bool(decisions, 'decisions', len(s))
@@ -177,12 +195,59 @@ def per_class_metrics(scores, # attack scores, larger = more member-like
     for c in np.unique(labels):
         sel = labels == c
         row = {'label': c.item() if hasattr(c, 'item') else c, 'n_members': int(m[sel].sum()),
-               'n_nonmembers': int((~m[sel]).sum()), 'auc': np.nan, 'attack_acc': np.nan, 'best_acc': np.nan}
-        if row['n_members'] and row['n_nonmembers']:
+               'n_nonmembers': int((~m[sel]).sum()), 'auc': np.nan, 'attack_acc': np.nan, 'best_acc': np.nan, 'note': ''}
+        small = min(row['n_members'], row['n_nonmembers'])
+        if small >= max(min_side, 1):
             met = membership_metrics(s[sel], m[sel], None if d is None else d[sel])
             row.update(auc=met['auc'], best_acc=met['best_acc'], attack_acc=met.get('attack_acc', np.nan))
+        else: row['note'] = (f"{row['n_members']} members and {row['n_nonmembers']} non-members; "
+                             f"needs >= {max(min_side, 1)} of each")
         rows.append(row)
-    return pd.DataFrame(rows, columns=['label', 'n_members', 'n_nonmembers', 'auc', 'attack_acc', 'best_acc'])
+    return pd.DataFrame(rows, columns=['label', 'n_members', 'n_nonmembers', 'auc', 'attack_acc', 'best_acc', 'note'])
+
+
+# %% ../nbs/07_metrics.ipynb #b47b965f
+def empirical_epsilon(scores, # attack scores, larger = more member-like
+                      is_member, # bool (or 0/1) ground truth
+                      delta: float = 0.0, # the delta of the (epsilon, delta)-DP guarantee being audited
+                      alpha: float = 0.05, # 1 - confidence level of the bound
+                      grid: int = 100, # thresholds tried (log-spaced from both tails), Bonferroni-corrected; 0 = every cut, uncorrected
+                     ) -> dict:
+    "A (1-alpha) lower bound on DP epsilon: Clopper-Pearson upper bounds on FPR and FNR, maximised over thresholds."
+    from scipy.stats import beta
+    s, m = _check_inputs(scores, is_member)
+    if not 0 <= delta < 1: raise ValueError(f'delta must lie in [0, 1), got {delta!r}')
+    if not 0 < alpha < 1: raise ValueError(f'alpha must lie strictly between 0 and 1, got {alpha!r}')
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 0:
+        raise ValueError(f'grid must be a non-negative integer, got {grid!r}')
+    r, k = _value_ranks(s)
+    n_in, n_out = int(m.sum()), int((~m).sum())
+    fpr, tpr = _roc_counts(r[m][None], r[~m][None], k)  # cut j: "member iff the score is among the j largest values"
+    fp, tp = np.rint(fpr[0] * n_out), np.rint(tpr[0] * n_in)
+    cuts = np.arange(k + 1)
+    if grid:  # cuts nearest to log-spaced numbers of flagged samples, from the top and from the bottom (label-blind)
+        flagged, n = fp + tp, len(s)
+        want = np.unique(np.r_[np.geomspace(1, n, grid // 2), n - np.geomspace(1, n, grid - grid // 2)])
+        cuts = np.unique(np.clip(np.searchsorted(flagged, want), 0, k))
+    a = alpha / 2 / (len(cuts) if grid else 1)  # both rates at once; with a grid, simultaneously over its cuts
+    fp, tp = fp[cuts], tp[cuts]
+    fn = n_in - tp
+    def upper(x, n):  # one-sided Clopper-Pearson upper bound of a binomial rate x / n
+        return np.where(x >= n, 1.0, beta.ppf(1 - a, x + 1, np.maximum(n - x, 1)))
+    fpr_hi, fnr_hi = upper(fp, n_out), upper(fn, n_in)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        e1 = np.log((1 - delta - fpr_hi) / fnr_hi)  # eps >= log((1 - delta - FPR) / FNR)
+        e2 = np.log((1 - delta - fnr_hi) / fpr_hi)  # and its symmetric form
+    e1, e2 = np.where(np.isfinite(e1), e1, -np.inf), np.where(np.isfinite(e2), e2, -np.inf)
+    best = np.maximum(e1, e2)
+    i = int(np.argmax(best)); j = int(cuts[i])
+    uniq = np.unique(s)[::-1]  # cut j >= 1 calls a member every score >= uniq[j - 1]
+    tau = float(uniq[j - 1]) if j >= 1 else float(np.nextafter(uniq[0], np.inf))
+    return {'epsilon': float(max(best[i], 0.0)), 'threshold': tau, 'form': 'fpr' if e1[i] >= e2[i] else 'fnr',
+            'fpr': float(fp[i] / n_out), 'fnr': float(fn[i] / n_in), 'fpr_hi': float(fpr_hi[i]), 'fnr_hi': float(fnr_hi[i]),
+            'thresholds_tried': int(len(cuts)), 'delta': float(delta), 'alpha': float(alpha), 'n_members': n_in,
+            'n_nonmembers': n_out}
+
 
 # %% ../nbs/07_metrics.ipynb #ce504ce0
 def plot_roc(results: dict, # name -> (scores, is_member)
@@ -204,10 +269,13 @@ def plot_roc(results: dict, # name -> (scores, is_member)
         own = ax is None
         if own: fig, ax = plt.subplots(figsize=(5, 4.5))
         else: fig = ax.figure
-        lo = 1.0 / max(met['n_nonmembers'] for _, met in curves.values())
+        lo = min(met['fpr_floor'] for _, met in curves.values())
         ax.plot([lo, 1] if log else [0, 1], [lo, 1] if log else [0, 1], ls='--', color='grey', lw=1, label='chance')
         for (name, ((fpr, tpr), met)), color in zip(curves.items(), sns.color_palette(n_colors=len(curves))):
-            ax.plot(fpr, tpr, color=color, lw=1.5, label=f"{name} (AUC {met['auc']:.3f}, TPR@0.1% {met['tpr_at_0_1pct_fpr']:.3f})")
+            keep = fpr >= met['fpr_floor'] * (1 - 1e-12)  # never draw below this curve's own resolution
+            t01 = met['tpr_at_0_1pct_fpr']
+            t01 = f'{t01:.3f}' if np.isfinite(t01) else f"n/a, floor {100 * met['fpr_floor']:.2g}%"
+            ax.plot(fpr[keep], tpr[keep], color=color, lw=1.5, label=f"{name} (AUC {met['auc']:.3f}, TPR@0.1% {t01})")
         if log:
             ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlim(lo, 1); ax.set_ylim(lo, 1.05)
         else: ax.set_xlim(0, 1); ax.set_ylim(0, 1.01)
@@ -219,3 +287,4 @@ def plot_roc(results: dict, # name -> (scores, is_member)
         fmt = Path(path).suffix.lstrip('.').lower() or 'png'
         atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, bbox_inches='tight'))
     return fig
+

@@ -15,15 +15,17 @@ from .core import (ArtifactCache, get_device, seed_everything, in_test, config_h
 from .data import DATASETS, Split, load_dataset, subsample_dataset, check_name, splits_hash
 from .models import ARCHS, build_model
 from .train import default_train_config, dense_models, train_cached, accuracy
-from .prune import PRUNE_METHODS, check_sparsity, _check_model_for
-from .defenses import DEFENSES, make_defense, defended_pruned_model
+from .prune import PRUNE_METHODS, STRUCTURED_BN, check_sparsity, check_model_for
+from .defenses import DEFENSES, make_defense
+from .pruned import pruned_model
 from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, resolve_attacks, run_attacks, balanced_in_mask, population_indices, shadow_attack_data
 from .divergence import divergence_summary
 
 # %% auto #0
-__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'PARAM_RANGES', 'STRUCTURED_BN', 'effective_attacks', 'validate_params',
-           'resolve_params', 'cell_id', 'reference_splits', 'CellResult', 'run_cell', 'is_complete', 'write_run']
+__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'effective_attacks',
+           'validate_params', 'resolve_params', 'cell_id', 'reference_splits', 'CellResult', 'run_cell', 'is_complete',
+           'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -71,14 +73,17 @@ def _probe_model(arch, dataset):
     info = DATASETS[dataset]
     with torch.device('meta'): return build_model(arch, info.num_classes, info.input_shape)
 
+LIRA_ONLINE_MIN_REFERENCES = 4  # 2 IN and 2 OUT models per candidate (see 06_attacks: one IN model decides worse than a coin)
+
 def effective_attacks(p: dict) -> tuple[list[str], dict]:
     "The attacks a validated cell runs, and those skipped from 'all' with the reason."
     names, skipped = resolve_attacks(p['attacks']), {}
     explicit = p['attacks'].strip().lower() != 'all'
     if p['num_references'] % 2: raise ValueError(f"num_references must be even (each candidate is IN for exactly half), got {p['num_references']}")
-    if 'lira_online' in names and p['num_references'] < 2:
-        if explicit: raise ValueError(f"lira_online needs num_references >= 2 (each candidate IN for half of them), got {p['num_references']}")
-        skipped['lira_online'] = 'num_references < 2'
+    if 'lira_online' in names and p['num_references'] < LIRA_ONLINE_MIN_REFERENCES:
+        if explicit: raise ValueError(f"lira_online needs num_references >= {LIRA_ONLINE_MIN_REFERENCES} (each candidate is IN for half of "
+                                      f"them, and one IN model per sample gives a near-chance likelihood ratio), got {p['num_references']}")
+        skipped['lira_online'] = f'num_references < {LIRA_ONLINE_MIN_REFERENCES}'
     if 'lira_offline' in names and p['num_shadows'] + p['num_references'] // 2 < 2:
         if explicit: raise ValueError(f"lira_offline needs at least 2 OUT reference models per sample; num_shadows={p['num_shadows']} "
                                       f"and num_references={p['num_references']} give fewer")
@@ -93,7 +98,6 @@ def _make_defense(p: dict):
 PARAM_RANGES = {'seed': (0, 2**32 - 1), 'num_shadows': (1, 256), 'epochs': (0, 100_000), 'attack_epochs': (0, 100_000),
                 'num_references': (0, 1024), 'sensitivity_m': (1, 10_000), 'n_boot': (0, 100_000), 'threads': (0, 1024),
                 'subsample': (0, 10**9)}
-STRUCTURED_BN = ('keep', 'zero')
 _DEVICE_RE = re.compile(r'(auto|cpu|mps|cuda(:\d+)?)')
 
 def _check_device(device: str):
@@ -131,7 +135,7 @@ def validate_params(params: dict) -> dict:
     _check_device(p['device'])
     model = _probe_model(p['arch'], p['dataset'])  # arch x dataset compatibility (image-only archs on tabular data)
     for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}:
-        _check_model_for(model, PRUNE_METHODS[m])
+        check_model_for(model, m)
     effective_attacks(p)
     return p
 
@@ -207,10 +211,10 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
 def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress):
     "Pruned victim (with defense), shadows (adversary's method/sparsity; defense if adaptive), references."
     sp = dense.splits
+    defense = _make_defense(p)
     def one(model, split, method, sparsity, record, defended, seed):
-        return defended_pruned_model(model, ds, split, p['arch'], method, sparsity, defense=p['defense'] if defended else 'none',
-                                     param=p['defense_param'] if defended else None, cfg=cfg, seed=seed, cache=cache, dense_hash=_key(record),
-                                     device=device, progress=progress)
+        return pruned_model(model, ds, split, p['arch'], method, sparsity, defense=defense if defended else 'none', cfg=cfg, seed=seed,
+                            structured_bn=p['structured_bn'], cache=cache, dense_hash=_key(record), device=device, progress=progress)
     sm, ss = p['shadow_prune_method'], p['shadow_sparsity']
     jobs = [('victim', dense.victim, sp.victim, p['prune_method'], p['sparsity'], dense.records['victim'], True, p['seed'])]
     if not p['dense_shadows']:

@@ -8,13 +8,13 @@ import math
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import atomic_write, load_arrays
+# (no import of mia_pruning.core or of torch here: file helpers are imported where they are used)
 
 # %% auto #0
-__all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'load_summary', 'standard_adversary', 'no_defense', 'settings',
-           'attack_order', 'plot_vs_sparsity', 'plot_attacks', 'frontier_group', 'plot_defense_frontier',
-           'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'attack_table', 'accuracy_table',
-           'attack_summary', 'make_report']
+__all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'read_summary_csv', 'load_summary',
+           'standard_adversary', 'no_defense', 'settings', 'attack_order', 'write_file', 'plot_vs_sparsity',
+           'plot_attacks', 'frontier_group', 'plot_defense_frontier', 'defense_table', 'divergence_cell',
+           'plot_divergence', 'md_table', 'attack_table', 'accuracy_table', 'attack_summary', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -22,19 +22,40 @@ BASELINES = ['gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'nn', 'nn_top3', 'n
 METRIC_LABELS = {'attack_acc': 'attack accuracy', 'auc': 'AUC', 'tpr_at_1pct_fpr': 'TPR @ 1% FPR',
                  'tpr_at_0_1pct_fpr': 'TPR @ 0.1% FPR', 'best_acc': 'best-threshold accuracy (optimistic)'}
 
+NUMERIC_COLUMNS = ['sparsity', 'measured_sparsity', 'defense_param', 'seed', 'num_shadows', 'shadow_sparsity', 'test_acc',
+                   'train_acc', 'attack_acc', 'auc', 'tpr_at_1pct_fpr', 'tpr_at_0_1pct_fpr']
+
+def read_summary_csv(path) -> pd.DataFrame:
+    "`path` read as a CSV table; ValueError naming the file when it is a folder, empty or not a readable table."
+    p = Path(path)
+    if p.is_dir(): raise ValueError(f'summary table {str(p)!r} is a folder, not a file; move it away and rebuild it with `mia-pruning report DIR`')
+    if not p.is_file(): raise FileNotFoundError(f'no summary table at {str(p)!r}; run the grid (or `mia-pruning report DIR`) first')
+    try: return pd.read_csv(p)
+    except pd.errors.EmptyDataError: raise ValueError(f'summary table {str(p)!r} is empty (not even a header); rebuild it with `mia-pruning report DIR`') from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f'summary table {str(p)!r} is not a readable CSV table ({type(e).__name__}: {str(e)[:120]}); '
+                         'rebuild it with `mia-pruning report DIR`') from None
+
 def load_summary(src: str | Path | pd.DataFrame, # a grid folder, a summary.csv path, or a DataFrame
                 ) -> pd.DataFrame:
-    "The summary table, checked for the columns the report needs."
-    if isinstance(src, pd.DataFrame): df = src.copy()
+    "The summary table, checked for the columns the report needs and for numbers where numbers belong."
+    if isinstance(src, pd.DataFrame): df, name = src.copy(), 'the summary'
     else:
         p = Path(src)
-        if p.is_dir(): p = p / 'summary.csv'
-        if not p.is_file(): raise FileNotFoundError(f'no summary table at {str(p)!r}; run the grid (or `mia-pruning report DIR`) first')
-        df = pd.read_csv(p)
+        if p.is_dir() and not p.name.endswith('.csv'): p = p / 'summary.csv'
+        df, name = read_summary_csv(p), f'summary table {str(p)!r}'
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing: raise ValueError(f'the summary lacks column(s) {missing}; a summary.csv from mia_pruning.grid.collect has {REQUIRED_COLUMNS} and more')
+    if missing: raise ValueError(f'{name} lacks column(s) {missing}; a summary.csv from mia_pruning.grid.collect has {REQUIRED_COLUMNS} and more')
+    for c in NUMERIC_COLUMNS:
+        if c not in df.columns or pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]): continue
+        num = pd.to_numeric(df[c], errors='coerce')
+        bad = df[c].notna() & num.isna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f'{name}: column {c} must hold numbers, but data row {i + 1} (line {i + 2}) holds {df[c].iloc[i]!r}')
+        df[c] = num
     bad = sorted(set(df['model_state'].dropna()) - {'dense', 'pruned'})
-    if bad: raise ValueError(f"unknown model_state value(s) {bad}; expected 'dense' and 'pruned'")
+    if bad: raise ValueError(f"{name}: unknown model_state value(s) {bad}; expected 'dense' and 'pruned'")
     return df
 
 def standard_adversary(df: pd.DataFrame) -> pd.Series:
@@ -62,10 +83,16 @@ def attack_order(names) -> list[str]:
     return first + sorted(n for n in names if n not in first)
 
 # %% ../nbs/12_report.ipynb #8c8aa7d5
+def write_file(path, fill) -> Path:
+    "Write `path` atomically with `fill(f)`; an OSError (full disk, read-only folder) names `path`, whose old content stays."
+    from mia_pruning.core import atomic_write
+    try: return atomic_write(path, fill)
+    except OSError as e: raise OSError(e.errno, f'cannot write {path}: {e.strerror or e}', str(path)) from None
+
 def _save(fig, path):
     if path is not None:
         fmt = Path(path).suffix.lstrip('.').lower() or 'png'
-        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, bbox_inches='tight'))
+        write_file(path, lambda f: fig.savefig(f, format=fmt, dpi=150, bbox_inches='tight'))
     return fig
 
 def _one_setting(df, dataset, arch):
@@ -217,6 +244,7 @@ def plot_divergence(run_dir: str | Path, # a run folder holding scores.npz
     import matplotlib.pyplot as plt, seaborn as sns
     f = Path(run_dir) / 'scores.npz'
     if not f.is_file(): raise FileNotFoundError(f'no scores.npz in {str(run_dir)!r}: divergence figures need a complete run folder')
+    from mia_pruning.core import load_arrays
     a = load_arrays(f)
     feats = [k for k in ('py', 'sy') if all(f'{st}__{k}' in a for st in ('dense', 'pruned'))]
     if not feats: raise ValueError(f'{f} has no dense/pruned py arrays (keys: {sorted(a)[:8]}...)')
@@ -348,7 +376,7 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
     cid = cell or divergence_cell(df, *settings(df)[0])
     attempt('divergence', lambda: figure('divergence', lambda p: plot_divergence(out_dir / 'runs' / cid, path=p, title=f'prediction divergence of cell {cid}')))
     def table(name, text):
-        data = text.encode(); atomic_write(tabs / f'{name}.md', lambda f: f.write(data)); return tabs / f'{name}.md'
+        data = text.encode(); write_file(tabs / f'{name}.md', lambda f: f.write(data)); return tabs / f'{name}.md'
     attempt('attack_accuracy', lambda: table('attack_accuracy', attack_table(df)))
     attempt('test_accuracy', lambda: table('test_accuracy', '### Victim accuracy, dense and pruned\n\n' + accuracy_table(df)))
     attempt('attack_summary', lambda: table('attack_summary', '### Mean over undefended cells (standard adversary), per attack\n\n' + md_table(attack_summary(df))))

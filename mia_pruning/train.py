@@ -17,7 +17,7 @@ from .models import build_model
 
 # %% auto #0
 __all__ = ['TrainConfig', 'default_train_config', 'iterate_batches', 'predict_logits', 'predict_proba', 'accuracy', 'TrainResult',
-           'make_optimizer', 'train_model', 'DenseModels', 'train_cached', 'dense_models']
+           'make_optimizer', 'TrainHooks', 'train_model', 'DenseModels', 'train_cached', 'dense_models']
 
 # %% ../nbs/03_train.ipynb #8e0f436a
 @dataclass(frozen=True)
@@ -122,6 +122,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == 'sgd': return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+class TrainHooks:
+    "Where a variant of the recipe plugs into `train_model`; this base class is the plain loop (DP-SGD overrides it)."
+    amp: bool = True  # False: never mixed precision, whatever the recipe says
+
+    @contextlib.contextmanager
+    def session(self, model, optimizer, ds, train_idx, cfg, seed, device):
+        "Around the whole loop: yield the module the loop calls and the optimizer it steps; clean up after, also on error."
+        yield model, optimizer
+
+    def batches(self, ds, train_idx, cfg, generator, device):
+        "One epoch of (x, y) batches: the recipe's shuffled minibatches (a last batch of one sample is dropped)."
+        return iterate_batches(ds, train_idx, cfg.batch_size, True, generator, device, cfg.max_batches, drop_single=True)
+
+    def after_step(self, model) -> None:
+        "Called after every optimizer step."
+
+    def epoch_record(self) -> dict:
+        "Extra fields of each epoch's history row."
+        return {}
+
 def _state_copy(model): return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 def train_model(model: nn.Module, # the model to train (in place)
@@ -135,9 +155,11 @@ def train_model(model: nn.Module, # the model to train (in place)
                 after_step=None, # called as `after_step(model)` after every optimizer step
                 progress: bool = True, # show a progress bar over epochs
                 desc: str = 'train', # progress-bar label
+                hooks: TrainHooks | None = None, # a variant of the loop (module, optimizer, batches): DP-SGD
                ) -> TrainResult:
     "Train with early stopping on dev accuracy and restore the best-dev weights."
     cfg = cfg or default_train_config(ds.kind)
+    hooks = hooks if hooks is not None else TrainHooks()
     train_idx, dev_idx = np.asarray(train_idx), np.asarray(dev_idx)
     if len(train_idx) == 0 or len(dev_idx) == 0: raise ValueError(f'train and dev sets must be non-empty, got {len(train_idx)} and {len(dev_idx)}')
     _as_index(train_idx, len(ds)); _as_index(dev_idx, len(ds))
@@ -146,38 +168,42 @@ def train_model(model: nn.Module, # the model to train (in place)
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, cfg)
-    use_amp = cfg.amp and device.type == 'cuda'
+    use_amp = cfg.amp and hooks.amp and device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
     history, best_acc, best_epoch, best_state, t0 = [], -1.0, -1, None, time.time()
     bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress or in_test(), leave=False)
-    for epoch in bar:
-        if hasattr(objective, 'on_epoch_start'): objective.on_epoch_start(model, epoch)
-        model.train()
-        te, tot_loss, tot_correct, tot_n = time.time(), 0.0, 0, 0
-        for b, (x, y) in enumerate(iterate_batches(ds, train_idx, cfg.batch_size, True, gen, device, cfg.max_batches, drop_single=True)):
-            with (torch.autocast(device.type) if use_amp else contextlib.nullcontext()):
-                logits = model(x)
-                loss = objective(model, x, y, logits) if objective is not None else F.cross_entropy(logits, y)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f'{desc}: non-finite loss {loss_value} at epoch {epoch}, batch {b}; '
-                                         f'lower the learning rate (now {cfg.lr}) or check the inputs for NaN/inf')
-            opt.zero_grad(set_to_none=True)
-            if use_amp:
-                scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
-            else:
-                loss.backward(); opt.step()
-            if after_step is not None: after_step(model)
-            tot_loss += loss_value * len(y); tot_n += len(y)
-            tot_correct += int((logits.detach().argmax(1) == y).sum())
-        dev_acc = accuracy(model, ds, dev_idx, cfg.eval_batch_size, device)
-        history.append({'epoch': epoch, 'train_loss': tot_loss / max(tot_n, 1), 'train_acc': tot_correct / max(tot_n, 1),
-                        'dev_acc': dev_acc, 'seconds': time.time() - te})
-        bar.set_postfix(loss=f'{tot_loss / max(tot_n, 1):.3f}', dev=f'{dev_acc:.3f}')
-        if dev_acc > best_acc: best_acc, best_epoch, best_state = dev_acc, epoch, _state_copy(model)
-        elif cfg.patience and epoch - best_epoch >= cfg.patience: break
+    with hooks.session(model, opt, ds, train_idx, cfg, seed, device) as (net, opt):
+        for epoch in bar:
+            if hasattr(objective, 'on_epoch_start'): objective.on_epoch_start(model, epoch)
+            net.train()
+            te, tot_loss, tot_correct, tot_n = time.time(), 0.0, 0, 0
+            for b, (x, y) in enumerate(hooks.batches(ds, train_idx, cfg, gen, device)):
+                with (torch.autocast(device.type) if use_amp else contextlib.nullcontext()):
+                    logits = net(x)
+                    if not len(y): loss = logits.sum() * 0.0   # an empty (Poisson-sampled) batch: still a step
+                    else: loss = objective(model, x, y, logits) if objective is not None else F.cross_entropy(logits, y)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f'{desc}: non-finite loss {loss_value} at epoch {epoch}, batch {b}; '
+                                             f'lower the learning rate (now {cfg.lr}) or check the inputs for NaN/inf')
+                opt.zero_grad(set_to_none=True)
+                if use_amp:
+                    scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
+                else:
+                    loss.backward(); opt.step()
+                hooks.after_step(model)
+                if after_step is not None: after_step(model)
+                tot_loss += loss_value * len(y); tot_n += len(y)
+                tot_correct += int((logits.detach().argmax(1) == y).sum())
+            dev_acc = accuracy(model, ds, dev_idx, cfg.eval_batch_size, device)
+            history.append({'epoch': epoch, 'train_loss': tot_loss / max(tot_n, 1), 'train_acc': tot_correct / max(tot_n, 1),
+                            'dev_acc': dev_acc, **hooks.epoch_record(), 'seconds': time.time() - te})
+            bar.set_postfix(loss=f'{tot_loss / max(tot_n, 1):.3f}', dev=f'{dev_acc:.3f}')
+            if dev_acc > best_acc: best_acc, best_epoch, best_state = dev_acc, epoch, _state_copy(model)
+            elif cfg.patience and epoch - best_epoch >= cfg.patience: break
     model.load_state_dict(best_state)
     return TrainResult(model, history, best_epoch, best_acc, time.time() - t0)
+
 
 # %% ../nbs/03_train.ipynb #2fb8504a
 @dataclass
@@ -196,7 +222,7 @@ def _role_seed(seed: int, role: str) -> int:
 def train_cached(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str,
                  cache: ArtifactCache, device=None, progress: bool = True) -> tuple[nn.Module, dict]:
     "Train (or load from the cache) one dense model of `arch` on `split`; return it with its record."
-    key = dict(dataset=ds.name, n=len(ds), arch=arch, split=splits_hash(split), recipe=asdict(cfg), seed=seed, role=role)
+    key = dict(dataset=ds.name, n=len(ds), data=ds.content_hash, arch=arch, split=splits_hash(split), recipe=asdict(cfg), seed=seed, role=role)
     def build(tmp: Path):
         res = train_model(build_model(arch, ds.num_classes, ds.input_shape, seed=seed), ds, split.train, split.dev, cfg,
                           seed=seed, device=device, progress=progress, desc=f'{ds.name}/{arch}/{role}')
@@ -221,7 +247,7 @@ def dense_models(dataset: str | MIADataset, # dataset name (or a loaded pool)
     build_model(arch, ds.num_classes, ds.input_shape)  # validates arch/shape before any work
     cache = cache if cache is not None else ArtifactCache()
     cfg = cfg or default_train_config(ds.kind)
-    splits = get_splits(ds.name, len(ds), seed, num_shadows, cache=cache)
+    splits = get_splits(ds, len(ds), seed, num_shadows, cache=cache)
     roles = [('victim', splits.victim)] + [(f'shadow{k}', s) for k, s in enumerate(splits.shadows)]
     models, records = {}, {}
     for role, split in tqdm(roles, desc='dense models', disable=not progress or in_test()):

@@ -12,10 +12,11 @@ from torch import nn
 from mia_pruning.core import ArtifactCache
 from mia_pruning.data import load_dataset, make_splits
 from mia_pruning.models import build_model
-from mia_pruning.prune import prune_model, fine_tune, pruned_parameters, current_mask, pruned_model, save_pruned
+from mia_pruning.prune import prune_model, fine_tune, pruned_parameters, current_mask, state_hash, clone_model
+from mia_pruning.pruned import pruned_model, save_pruned, load_pruned
 from mia_pruning.train import TrainConfig, train_model
-from mia_pruning.defenses import (DEFENSES, ppb_loss, make_defense, defended_fine_tune, defended_pruned_model,
-                                  dp_fine_tune, load_defended, build_defended_model, AdvRegObjective,
+from mia_pruning.defenses import (DEFENSES, ppb_loss, make_defense, defended_fine_tune, DPTraining,
+                                  dp_fine_tune, build_defended_model, AdvRegObjective,
                                   LabelSmoothingObjective, PPBObjective, tradeoff_table, plot_frontier)
 
 
@@ -239,28 +240,45 @@ def test_dpsgd_batchnorm_model_round_trips_through_save_and_load(digits, tmp_pat
     assert sum(isinstance(m, nn.GroupNorm) for m in net.modules()) == n_bn and not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in cnn.modules()) == n_bn   # input untouched
     save_pruned(tmp_path / 'dp.pt', net, {'defense': info['defense_key']})
-    back, meta = load_defended(tmp_path / 'dp.pt', 'cnn', 10, ds.input_shape, 'dpsgd')
+    back, meta = load_pruned(tmp_path / 'dp.pt', 'cnn', 10, ds.input_shape, defense='dpsgd')
     x = ds.x[:20]
     with torch.no_grad(): assert torch.allclose(back(x), net.eval()(x), atol=1e-6)
     fresh = build_defended_model('cnn', 10, ds.input_shape, 'dpsgd')
     assert set(fresh.state_dict()) == set(back.state_dict())
 
 
-def test_defended_pruned_model_caches_dpsgd_and_shares_plain_entries(digits, tmp_path):
+def test_pruned_model_caches_dpsgd_and_shares_plain_entries(digits, tmp_path):
     ds, sp = digits
     dense = build_model('mlp', 10, ds.input_shape, seed=1)
     train_model(dense, ds, sp.train, sp.dev, TrainConfig(epochs=2), seed=0, device='cpu', progress=False)
     kw = dict(cfg=TrainConfig(epochs=2, max_batches=2), cache=ArtifactCache(tmp_path), device='cpu', progress=False)
-    m1, i1 = defended_pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, 'dpsgd', 1.0, **kw)
-    m2, i2 = defended_pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, 'dpsgd', 1.0, **kw)
+    m1, i1 = pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, defense=make_defense('dpsgd', 1.0), **kw)
+    m2, i2 = pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, defense=make_defense('dpsgd', 1.0), **kw)
     assert (i1['cache_hit'], i2['cache_hit']) == (False, True) and i1['epsilon'] == i2['epsilon']
-    _, i3 = defended_pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, 'dpsgd', 3.0, **kw)
+    assert state_hash(m1) == state_hash(m2) and i1['defense_name'] == 'dpsgd'
+    _, i3 = pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, defense=make_defense('dpsgd', 3.0), **kw)
     assert not i3['cache_hit'] and i3['epsilon'] < i1['epsilon']
-    _, i4 = defended_pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, 'none', **kw)
+    _, i4 = pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, defense=make_defense('none'), **kw)
     _, i5 = pruned_model(dense, ds, sp, 'mlp', 'l1_unstructured', 0.8, **kw)
-    assert i5['cache_hit'] and i4['cache_entry'] == i5['cache_entry']
+    assert i5['cache_hit'] and i4['cache_entry'] == i5['cache_entry'] and i5['defense'] == 'none'
     with pytest.raises(ValueError, match='imp'):
-        defended_pruned_model(dense, ds, sp, 'mlp', 'imp', 0.8, 'dpsgd', 1.0, **kw)
+        pruned_model(dense, ds, sp, 'mlp', 'imp', 0.8, defense='dpsgd', **kw)
+
+
+def test_dp_goes_through_the_one_training_loop(digits, pruned_mlp, monkeypatch):
+    "dp_fine_tune hands DPTraining hooks to train.train_model: no second loop."
+    import mia_pruning.train as T
+    ds, sp = digits
+    seen, real = [], T.train_model
+    def spy(*a, **k):
+        seen.append(type(k.get('hooks')).__name__)
+        return real(*a, **k)
+    monkeypatch.setattr('mia_pruning.prune.train_model', spy)
+    evaluated = clone_model(pruned_mlp).eval()                   # as models come out of the cache
+    net, info = dp_fine_tune(evaluated, ds, sp, TrainConfig(epochs=2, max_batches=2), seed=0, device='cpu', progress=False)
+    assert seen == ['DPTraining']
+    assert [h['steps'] for h in info['history']] == [2]          # the hooks' record, in the loop's history
+    assert info['steps'] == 2
 
 
 # ---------------------------------------------------------------- trade-off
