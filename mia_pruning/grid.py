@@ -130,7 +130,9 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
     tmpl = load_template(template)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir() / spec.name
     runs = out_dir / 'runs'
-    plain_folder(out_dir, 'output folder'); plain_folder(runs, 'the runs folder')
+    if out_dir.exists() and not out_dir.is_dir():  # (a link to a folder is fine here: the user chose where the grid goes)
+        raise ValueError(f'output folder {str(out_dir)!r} is not a folder; move it away or choose another --out')
+    plain_folder(runs, 'the runs folder')  # below it, links could lead a clean-up outside the output folder
     plain_file(out_dir / 'grid.json', 'grid record'); plain_file(out_dir / 'summary.csv', 'summary table')
     for c in cells: plain_folder(runs / c.id, 'run folder')
     client = connect(scheduler) if scheduler else None  # before anything is written

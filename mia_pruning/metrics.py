@@ -206,7 +206,7 @@ def per_class_metrics(scores, # attack scores, larger = more member-like
     return pd.DataFrame(rows, columns=['label', 'n_members', 'n_nonmembers', 'auc', 'attack_acc', 'best_acc', 'note'])
 
 
-# %% ../nbs/07_metrics.ipynb #b47b965f
+# %% ../nbs/07_metrics.ipynb #300bbea0
 def empirical_epsilon(scores, # attack scores, larger = more member-like
                       is_member, # bool (or 0/1) ground truth
                       delta: float = 0.0, # the delta of the (epsilon, delta)-DP guarantee being audited

@@ -19,13 +19,13 @@ from .prune import PRUNE_METHODS, STRUCTURED_BN, check_sparsity, check_model_for
 from .defenses import DEFENSES, make_defense
 from .pruned import pruned_model
 from .features import attack_data_for, AttackData
-from .attacks import ATTACKS, resolve_attacks, run_attacks, balanced_in_mask, population_indices, shadow_attack_data
+from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
+from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed
 from .divergence import divergence_summary
 
 # %% auto #0
 __all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'effective_attacks',
-           'validate_params', 'resolve_params', 'cell_id', 'reference_splits', 'CellResult', 'run_cell', 'is_complete',
-           'write_run']
+           'validate_params', 'resolve_params', 'cell_id', 'CellResult', 'run_cell', 'is_complete', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -47,6 +47,8 @@ CELL_DEFAULTS = dict(
     adaptive=False,              # shadows fine-tuned with the same defense (adaptive adversary)
     attacks='all',               # comma-separated attack names, or 'all'
     attack_epochs=0,             # epochs of the learned attacks (0 = the study's 100; 3 under IN_TEST)
+    attack_recipe='study',       # learned attacks' training: 'study' (SGD on raw posteriors) or 'tuned' (Adam on standardised log-posteriors; nn, nn_top3, nn_cls)
+    attack_check='refit',        # learned attacks' held-out check: 'refit' (train on all shadow data + a check model on 80%), 'split' (train on 80%), 'none'
     num_references=4,            # extra reference models for online LiRA (0 = skip lira_online)
     sensitivity_m=10,            # noise draws of the sensitivity feature
     sensitivity_eps=0.001,       # noise scale of the sensitivity feature
@@ -73,7 +75,7 @@ def _probe_model(arch, dataset):
     info = DATASETS[dataset]
     with torch.device('meta'): return build_model(arch, info.num_classes, info.input_shape)
 
-LIRA_ONLINE_MIN_REFERENCES = 4  # 2 IN and 2 OUT models per candidate (see 06_attacks: one IN model decides worse than a coin)
+LIRA_ONLINE_MIN_REFERENCES = 2 * LIRA_ONLINE_MIN_IN  # each candidate is IN for half of them (see 06_attacks: one IN model is near chance)
 
 def effective_attacks(p: dict) -> tuple[list[str], dict]:
     "The attacks a validated cell runs, and those skipped from 'all' with the reason."
@@ -123,6 +125,8 @@ def validate_params(params: dict) -> dict:
     if p['shadow_sparsity'] != -1: check_sparsity(p['shadow_sparsity'])
     for k, (lo, hi) in PARAM_RANGES.items():
         if not lo <= p[k] <= hi: raise ValueError(f'parameter {k} must be in [{lo}, {hi}], got {p[k]}')
+    if p['attack_recipe'] not in ATTACK_RECIPES: raise ValueError(f"attack_recipe must be one of {list(ATTACK_RECIPES)}, got {p['attack_recipe']!r}")
+    if p['attack_check'] not in ATTACK_CHECKS: raise ValueError(f"attack_check must be one of {list(ATTACK_CHECKS)}, got {p['attack_check']!r}")
     if p['structured_bn'] not in STRUCTURED_BN:
         raise ValueError(f"structured_bn must be one of {STRUCTURED_BN}, got {p['structured_bn']!r}")
     if p['defense'] == 'none' and p['defense_param'] != -1:
@@ -157,13 +161,6 @@ def cell_id(params: dict) -> str:
     return f"{p['dataset']}-{p['arch']}-{p['prune_method']}-{p['sparsity']:g}-{p['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
 
 
-# %% ../nbs/10_pipeline.ipynb #a2de5b9e
-def reference_splits(splits, num_models: int, seed: int) -> tuple[np.ndarray, list[Split]]:
-    "In-mask (n_candidates, R) over the victim's sorted candidates, and one Split per reference model."
-    cand = np.sort(np.concatenate([splits.victim.train, splits.victim.test]))
-    in_mask = balanced_in_mask(len(cand), num_models, seed + 10_007)
-    return in_mask, [Split(cand[m], splits.shadows[0].dev, cand[~m]) for m in in_mask.T]
-
 # %% ../nbs/10_pipeline.ipynb #564192f9
 @dataclass
 class CellResult:
@@ -183,20 +180,19 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     "Features + attacks for one model state, cached by the models' keys and the attack settings."
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
-           'attack_epochs': p['attack_epochs'], 'seed': p['seed'], 'sens': needs_sens, 'version': 2}
+           'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
+           'sens': needs_sens, 'version': 3}
     def build(tmp: Path):
         pop = population_indices(splits, cap=2000, seed=p['seed'])
         kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device)
         shadow = shadow_attack_data(shadows, ds, splits, extra_references=refs, population_idx=pop, **kw)
         v = splits.victim
         idx = np.concatenate([v.train, v.test])
-        cand = np.sort(np.concatenate([v.train, v.test]))
-        pos = np.searchsorted(cand, idx)
-        ref_in = np.concatenate([splits.shadow_membership(idx).T, ref_masks[pos] if len(refs) else np.zeros((len(idx), 0), bool)], 1)
+        ref_in = victim_ref_in(splits, idx, ref_masks if len(refs) else None)
         tgt = attack_data_for(target, ds, v.train, v.test, reference_models=list(shadows) + refs, ref_in=ref_in,
-                              population_idx=pop, **kw)
+                              population_idx=pop, with_inputs='qmia' in names, **kw)
         res = run_attacks(names, shadow, tgt, seed=p['seed'], device=device, epochs=p['attack_epochs'] or None,
-                          n_boot=p['n_boot'], progress=progress)
+                          n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'])
         arrays = {'is_member': tgt.is_member, 'labels': tgt.labels, 'index': idx, 'py': tgt.py}
         if tgt.sensitivity is not None: arrays['sy'] = tgt.sensitivity[np.arange(len(idx)), tgt.labels]
         for n, r in res.items():
@@ -218,9 +214,9 @@ def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progres
     sm, ss = p['shadow_prune_method'], p['shadow_sparsity']
     jobs = [('victim', dense.victim, sp.victim, p['prune_method'], p['sparsity'], dense.records['victim'], True, p['seed'])]
     if not p['dense_shadows']:
-        jobs += [(f'shadow{k}', m, s, sm, ss, dense.records[f'shadow{k}'], p['adaptive'], p['seed'] + 1 + k)
+        jobs += [(f'shadow{k}', m, s, sm, ss, dense.records[f'shadow{k}'], p['adaptive'], shadow_seed(p['seed'], k))
                  for k, (m, s) in enumerate(zip(dense.shadows, sp.shadows))]
-    jobs += [(f'reference{r}', m, s, sm, ss, rec, p['adaptive'], p['seed'] + 101 + r)
+    jobs += [(f'reference{r}', m, s, sm, ss, rec, p['adaptive'], reference_seed(p['seed'], r))
              for r, ((m, rec), s) in enumerate(zip(refs_dense, ref_splits))]
     out = {}
     for role, model, split, method, sparsity, record, defended, seed in tqdm(jobs, desc='prune + fine-tune', disable=not progress or in_test(), leave=False):
@@ -247,7 +243,7 @@ def run_cell(progress: bool = True, # progress bars
     sp = dense.splits
     R = p['num_references'] if 'lira_online' in names else 0
     ref_masks, ref_splits = reference_splits(sp, R, p['seed']) if R else (np.zeros((0, 0), bool), [])
-    refs_dense = [train_cached(ds, s, p['arch'], cfg, p['seed'] + 101 + r, f'reference{r}', cache, device, progress)
+    refs_dense = [train_cached(ds, s, p['arch'], cfg, reference_seed(p['seed'], r), f'reference{r}', cache, device, progress)
                   for r, s in enumerate(ref_splits)]
     timings['dense'] = time.time() - t0
     pruned = _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress)

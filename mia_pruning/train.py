@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .core import get_device, seed_everything, in_test, ArtifactCache, save_checkpoint, load_checkpoint, save_json, load_json
 from .data import MIADataset, load_dataset, get_splits, splits_hash, Splits
 from .models import build_model
+from .threat import role_seed
 
 # %% auto #0
 __all__ = ['TrainConfig', 'default_train_config', 'iterate_batches', 'predict_logits', 'predict_proba', 'accuracy', 'TrainResult',
@@ -216,9 +217,6 @@ class DenseModels:
     shadows: list
     records: dict  # role -> {'key': cache key hash, 'history': [...], 'best_epoch': int, ...}
 
-def _role_seed(seed: int, role: str) -> int:
-    return seed if role == 'victim' else seed + 1 + int(role.removeprefix('shadow'))
-
 def train_cached(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str,
                  cache: ArtifactCache, device=None, progress: bool = True) -> tuple[nn.Module, dict]:
     "Train (or load from the cache) one dense model of `arch` on `split`; return it with its record."
@@ -251,5 +249,5 @@ def dense_models(dataset: str | MIADataset, # dataset name (or a loaded pool)
     roles = [('victim', splits.victim)] + [(f'shadow{k}', s) for k, s in enumerate(splits.shadows)]
     models, records = {}, {}
     for role, split in tqdm(roles, desc='dense models', disable=not progress or in_test()):
-        models[role], records[role] = train_cached(ds, split, arch, cfg, _role_seed(seed, role), role, cache, device, progress)
+        models[role], records[role] = train_cached(ds, split, arch, cfg, role_seed(seed, role), role, cache, device, progress)
     return DenseModels(ds, splits, arch, models['victim'], [models[f'shadow{k}'] for k in range(num_shadows)], records)
