@@ -9,7 +9,8 @@ from dataclasses import dataclass, is_dataclass, asdict
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np
-import torch
+# torch is imported inside the functions that need it: the file helpers, JSON and the cache serve torch-free
+# readers too (the report, the evidence and exposure analyses)
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'in_test', 'project_root', 'default_out_dir', 'default_cache_dir', 'seed_everything', 'get_device',
@@ -44,6 +45,7 @@ def seed_everything(seed: int, # the global seed
                     deterministic: bool = True, # ask torch for deterministic algorithms
                    ) -> torch.Generator:
     "Seed python, numpy and torch; return a CPU `torch.Generator` seeded with `seed`."
+    import torch
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
     seed = int(seed)
@@ -59,10 +61,12 @@ def seed_everything(seed: int, # the global seed
 _DEVICE_KINDS = ('auto', 'cpu', 'cuda', 'mps')
 
 def _mps_available() -> bool:
+    import torch
     return bool(getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available())
 
 def get_device(pref: str | torch.device = 'auto') -> torch.device:
     "The torch device for `pref` ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'); an absent device is a RuntimeError."
+    import torch
     if isinstance(pref, torch.device): pref = str(pref)
     if not isinstance(pref, str): raise ValueError(f'device must be a string, one of {_DEVICE_KINDS}, got {pref!r}')
     pref = pref.strip().lower()
@@ -103,11 +107,15 @@ def with_suppress(fn, *args):
     try: fn(*args)
     except Exception: pass
 
+def _is_torch_device(o) -> bool:
+    t = sys.modules.get('torch')  # a torch.device exists only once torch is imported
+    return t is not None and isinstance(o, t.device)
+
 def _json_default(o):
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, Path): return str(o)
-    if isinstance(o, torch.device): return str(o)
+    if _is_torch_device(o): return str(o)
     if is_dataclass(o) and not isinstance(o, type): return asdict(o)
     raise TypeError(f'object of type {type(o).__name__} is not JSON serialisable: {o!r}')
 
@@ -132,12 +140,13 @@ def load_arrays(path) -> dict:
 
 def save_checkpoint(path, state: dict) -> Path:
     "Atomically `torch.save` a state dict (tensors, numbers, strings, lists, dicts only)."
+    import torch
     buf = io.BytesIO(); torch.save(state, buf)
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Load a checkpoint with `weights_only=True` (never unpickles arbitrary objects); any refusal or damage names the file."
-    import pickle
+    import pickle, torch
     try: obj = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError: raise
     except pickle.UnpicklingError as e:  # weights_only refused an object: torch's message says which
@@ -159,7 +168,7 @@ def _canon(o):
     if isinstance(o, np.ndarray): return _canon(o.tolist())
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, float) and not math.isfinite(o): return repr(o)
-    if isinstance(o, (Path, torch.device)): return str(o)
+    if isinstance(o, Path) or _is_torch_device(o): return str(o)
     if is_dataclass(o) and not isinstance(o, type): return _canon(asdict(o))
     if o is None or isinstance(o, (str, int, float, bool)): return o
     raise TypeError(f'cannot hash a config value of type {type(o).__name__}: {o!r}')
@@ -295,6 +304,7 @@ def _version(mod):
 
 def env_info(device: str | torch.device | None = None) -> dict:
     "Versions, platform, device and git commit, for params.json and benchmark records."
+    import torch
     dev = get_device(device or 'auto')
     info = {'python': platform.python_version(), 'platform': platform.platform(), 'machine': platform.machine(),
             'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'device': str(dev),
