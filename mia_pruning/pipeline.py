@@ -181,7 +181,7 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
-           'sens': needs_sens, 'version': 3}
+           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
     def build(tmp: Path):
         pop = population_indices(splits, cap=2000, seed=p['seed'])
         kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device)
@@ -192,7 +192,8 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
         tgt = attack_data_for(target, ds, v.train, v.test, reference_models=list(shadows) + refs, ref_in=ref_in,
                               population_idx=pop, with_inputs='qmia' in names, **kw)
         res = run_attacks(names, shadow, tgt, seed=p['seed'], device=device, epochs=p['attack_epochs'] or None,
-                          n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'])
+                          n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'],
+                          epsilon_delta=1.0 / len(splits.victim.train))  # the DP accountant's delta (1/N): the two epsilons compare
         arrays = {'is_member': tgt.is_member, 'labels': tgt.labels, 'index': idx, 'py': tgt.py}
         if tgt.sensitivity is not None: arrays['sy'] = tgt.sensitivity[np.arange(len(idx)), tgt.labels]
         for n, r in res.items():
@@ -265,8 +266,8 @@ def run_cell(progress: bool = True, # progress bars
            'pruned': {'test_acc': pv_info['test_acc'], 'train_acc': pv_info['train_acc'],
                       'measured_sparsity': pv_info['report']['measured']}}
     base = {k: p[k] for k in CELL_DEFAULTS if k not in NON_SEMANTIC}
-    base.update(cell_id=cell_id(p), defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'),
-                epsilon=pv_info.get('epsilon', float('nan')))
+    base.update(cell_id=cell_id(p), defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'))
+    acc['dense']['epsilon'], acc['pruned']['epsilon'] = float('nan'), pv_info.get('epsilon', float('nan'))  # the DP accountant's
     metrics, rows, scores, divergence = {}, [], {}, {}
     for state in STATES:
         s = states[state]

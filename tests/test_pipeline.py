@@ -62,8 +62,13 @@ def test_ppb_adaptive_and_dense_shadow_variants(tiny):
 
 def test_dpsgd_cell_reports_epsilon(tiny):
     res = run_cell(**tiny | {'defense': 'dpsgd', 'defense_param': 1.0})
-    eps = res.rows[0]['epsilon']
+    pruned = [r for r in res.rows if r['model_state'] == 'pruned']
+    eps = pruned[0]['epsilon']
     assert math.isfinite(eps) and eps > 0
+    assert all(math.isnan(r['epsilon']) for r in res.rows if r['model_state'] == 'dense')  # the dense victim has no accountant
+    for r in pruned:  # an audit's lower bound can never exceed what the accountant guarantees (same delta)
+        assert r['empirical_epsilon_delta'] == pytest.approx(res.provenance['pruned_victim']['delta'])
+        assert r['empirical_epsilon'] <= eps, (r['attack'], r['empirical_epsilon'], eps)
     assert abs(res.metrics['pruned/measured_sparsity'] - 0.5) < 0.02
 
 
