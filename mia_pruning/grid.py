@@ -15,10 +15,16 @@ from .runs import (SUMMARY_COLUMNS, RECORD, STAGING, collect, is_complete, run_p
                    recover_swaps, clear_folder, plain_folder, plain_file, spec_cells)
 from .executors import Task, THREAD_VARS, run_local, run_dask, connect
 from .runner import TEMPLATE_ENV, template_path, load_template, execute_cell, error_summary
+_all_ = ['SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS', 'PRESETS', 'check_grid_name', 'GridSpec', 'load_spec', 'as_spec', 'Cell',
+         'expand_cells', 'merge_notes', 'GridLockedError', 'GridLock', 'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem',
+         'verify_run', 'finish_run', 'TEMPLATE_ENV', 'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']  # re-exported
 
 # %% auto #0
 __all__ = ['GROUP_KEYS', 'group_key', 'plan_tasks', 'data_mismatches', 'GridReport', 'default_threads', 'check_run_options',
-           'sigterm_as_interrupt', 'run_grid']
+           'sigterm_as_interrupt', 'run_grid', 'SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS', 'PRESETS', 'check_grid_name',
+           'GridSpec', 'load_spec', 'as_spec', 'Cell', 'expand_cells', 'merge_notes', 'GridLockedError', 'GridLock',
+           'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem', 'verify_run', 'finish_run', 'TEMPLATE_ENV',
+           'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']
 
 # %% ../nbs/11_grid.ipynb #abb73ea0
 GROUP_KEYS = ('dataset', 'data_root', 'subsample', 'arch', 'seed', 'num_shadows', 'epochs', 'num_references', 'cache_dir')

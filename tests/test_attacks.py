@@ -28,7 +28,7 @@ def _auc(res, name): return res[name].metrics['auc']
 
 
 def test_registry_and_names():
-    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE
+    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE + ['qmia']
     assert resolve_attacks('all') == list(ATTACKS)
     assert resolve_attacks(' conf,gap ,conf') == ['conf', 'gap']
     with pytest.raises(ValueError, match="known attacks: \\['gap'"): resolve_attacks(['conf', 'lira'])
@@ -124,10 +124,10 @@ def test_determinism():
     c = run_attacks(['nn'], sh, tg, seed=4, **kw)
     for n in a: np.testing.assert_array_equal(a[n].scores, b[n].scores)
     assert not np.array_equal(a['nn'].scores, c['nn'].scores)
-    d = run_attacks('all', synthetic_attack_data(300, num_refs=4, num_pop=30, seed=52),
-                    synthetic_attack_data(300, num_refs=4, num_pop=30, seed=53), seed=3, **kw)
-    e = run_attacks('all', synthetic_attack_data(300, num_refs=4, num_pop=30, seed=52),
-                    synthetic_attack_data(300, num_refs=4, num_pop=30, seed=53), seed=3, **kw)
+    d = run_attacks('all', synthetic_attack_data(300, num_refs=4, num_pop=120, seed=52),
+                    synthetic_attack_data(300, num_refs=4, num_pop=120, seed=53), seed=3, **kw)
+    e = run_attacks('all', synthetic_attack_data(300, num_refs=4, num_pop=120, seed=52),
+                    synthetic_attack_data(300, num_refs=4, num_pop=120, seed=53), seed=3, **kw)
     for n in d: np.testing.assert_array_equal(d[n].scores, e[n].scores)
 
 
@@ -211,10 +211,11 @@ def test_bad_input():
     two = synthetic_attack_data(100, num_refs=2, seed=4)  # each sample: 1 IN, 1 OUT
     with pytest.raises(ValueError, match='lira_offline needs >= 2 OUT.*2 reference models were given'):
         run_attacks('lira_offline', sh, two)
-    with pytest.raises(ValueError, match='lira_online needs .*2 reference models were given'):
-        run_attacks('lira_online', sh, two)  # 1 IN + 1 OUT each: no degree of freedom for the variance
+    with pytest.raises(ValueError, match='lira_online needs >= 2 IN .*2 reference models were given'):
+        run_attacks('lira_online', sh, two)  # 1 IN + 1 OUT each: a single IN model is refused
     three = synthetic_attack_data(100, num_refs=3, seed=7)  # each sample: 1 IN, 2 OUT
-    run_attacks('lira_online', sh, three)  # enough with a pooled variance
+    with pytest.raises(ValueError, match='single IN model'): run_attacks('lira_online', sh, three)
+    run_attacks('lira_online', sh, synthetic_attack_data(100, num_refs=5, seed=7))  # 2 IN, 3 OUT: enough with a pooled variance
     with pytest.raises(ValueError, match='>= 2 IN and >= 2 OUT.*3 reference models'):
         run_attacks('lira_online', sh, three, options={'lira_online': {'fix_variance': False}})
     with pytest.raises(ValueError, match='0 reference models'): run_attacks('lira_offline', sh, synthetic_attack_data(100))

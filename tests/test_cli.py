@@ -7,8 +7,13 @@ import pytest
 
 from mia_pruning import cli
 from mia_pruning.grid import GridLock
+from mia_pruning.core import save_json
+from mia_pruning.runs import finish_run
+import numpy as np
 from mia_pruning.pipeline import CELL_DEFAULTS
 from test_grid import stub_template, read_log
+import torch
+ABSENT_CUDA = f'cuda:{torch.cuda.device_count()}' if torch.cuda.is_available() else 'cuda'  # a device this machine lacks
 
 
 def run(argv, capsys):
@@ -49,12 +54,30 @@ def test_values_are_typed_after_the_defaults():
     (['run', 'seed=x'], 'seed takes a int'),
     (['run', '--name', '../up', 'seed=1'], 'is not allowed'),
     (['report', 'nowhere'], 'is not a grid output folder'),
+    (['run', 'dataset=digits', f'device={ABSENT_CUDA}'], f"device '{ABSENT_CUDA}'"),  # issue 11: was a traceback, exit 1
+    (['run', 'dataset=digits', 'device=cuda:abc'], "device 'cuda:abc'"),
+    (['run', 'dataset=digits', '--timeout', '0'], 'timeout must be a positive number'),
+    (['run', 'dataset=digits', '--timeout', '-5'], 'timeout must be a positive number'),
+    (['run', 'dataset=digits', '--timeout', 'nan'], 'timeout must be a positive number'),
+    (['run', 'seed=4294967296'], 'seed'),
+    (['run', 'seed=18446744073709551616'], 'seed'),
+    (['run', 'threads=1025'], 'threads'),
+    (['run', 'n_boot=100001'], 'n_boot'),
+    (['run', 'num_shadows=257'], 'num_shadows'),
+    (['run', 'num_references=1026'], 'num_references'),
+    (['grid', '--preset', 'quick', '--max-cells', '10'], 'has 16 cells, more than the cap of 10'),
+    (['grid', '--preset', 'quick', '--max-cells', '0'], 'max_cells must be a positive integer'),
 ])
 def test_bad_input_exits_2_before_anything_runs(argv, msg, capsys, stub, monkeypatch):
     monkeypatch.chdir(stub)
     code, out, err = run(argv, capsys)
     assert code == 2 and msg in err and err.startswith('mia-pruning: error:')
     assert read_log(stub / 'log.txt') == [] and not (stub / 'outputs').exists()
+
+
+def test_max_cells_default_is_the_grid_cap():
+    from mia_pruning.gridspec import MAX_CELLS
+    assert cli.MAX_CELLS_DEFAULT == MAX_CELLS and cli.build_parser().parse_args(['grid', '--preset', 'quick']).max_cells == MAX_CELLS
 
 
 def test_argparse_errors_exit_2(capsys):
@@ -118,6 +141,9 @@ def test_report_command(tmp_path, capsys):
         (rd / 'rows.json').write_text(json.dumps([{'model_state': st, 'attack': a, 'attack_acc': 0.5 + s / 10, 'test_acc': 0.9,
                                                    'auc': 0.6, 'tpr_at_0_1pct_fpr': 0.01} for st in ('dense', 'pruned') for a in ('conf', 'loss')]))
         (rd / 'metrics.json').write_text('{}')
+        save_json(rd / 'params.json', {**json.loads((rd / 'params.json').read_text()), 'provenance': {'cell_id': rd.name}})
+        np.savez(rd / 'scores.npz', dense__py=np.ones(2))
+        finish_run(rd, notebook=False)
     code, text, err = run(['report', str(out)], capsys)
     assert code == 0 and 'summary.csv: 8 rows from 2 complete run(s)' in text
     assert 'skipped divergence' in text  # these synthetic runs hold no scores.npz: said, not hidden

@@ -192,3 +192,27 @@ def test_attack_data_for(toy):
         attack_data_for(net, ds, [1], [2], reference_models=refs, ref_in=np.zeros((3, 3), bool), device='cpu')
     with pytest.raises(ValueError, match='members of the target'): attack_data_for(net, ds, [1], [2], population_idx=[1], device='cpu')
     with pytest.raises(ValueError, match='need both'): attack_data_for(net, ds, [], [2], device='cpu')
+
+
+def test_inputs_and_population_labels(toy):
+    "QMIA's records: the flattened input per sample, and the population's labels and inputs, validated and pooled."
+    ds, net = toy
+    ad = attack_data_for(net, ds, [1, 2], [10, 11], population_idx=[30, 31, 32], with_sensitivity=False, with_inputs=True,
+                         device='cpu')
+    np.testing.assert_array_equal(ad.inputs, ds.x[[1, 2, 10, 11]].reshape(4, -1).numpy())
+    assert ad.inputs.dtype == np.float32 and ad.pop_inputs.shape == (1, 3, 6)
+    np.testing.assert_array_equal(ad.pop_labels, ds.y[[30, 31, 32]].numpy()[None])
+    np.testing.assert_array_equal(ad.pop_inputs[0], ds.x[[30, 31, 32]].reshape(3, -1).numpy())
+    plain = attack_data_for(net, ds, [1, 2], [10, 11], population_idx=[30, 31, 32], with_sensitivity=False, device='cpu')
+    assert plain.inputs is None and plain.pop_inputs is None and plain.pop_labels is not None
+    both = AttackData.concat([ad, ad])
+    assert both.inputs.shape == (8, 6) and both.pop_labels.shape == (2, 3) and both.pop_inputs.shape == (2, 3, 6)
+    assert ad.subset(np.array([0, 3])).inputs.shape == (2, 6)
+    with pytest.raises(ValueError, match='only some parts have inputs'): AttackData.concat([ad, plain])
+    base = dict(probs=ad.probs, labels=ad.labels, is_member=ad.is_member)
+    with pytest.raises(ValueError, match=r'inputs must have shape \(4, d\)'): AttackData(**base, inputs=np.zeros((3, 6)))
+    with pytest.raises(ValueError, match='need pop_py'): AttackData(**base, pop_labels=np.zeros((1, 3), int))
+    with pytest.raises(ValueError, match='pop_labels must lie in'):
+        AttackData(**base, pop_py=np.full((1, 3), 0.5), pop_labels=np.full((1, 3), 9))
+    with pytest.raises(ValueError, match='features per sample'):
+        AttackData(**base, inputs=np.zeros((4, 6)), pop_py=np.full((1, 3), 0.5), pop_inputs=np.zeros((1, 3, 5)))

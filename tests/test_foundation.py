@@ -116,3 +116,99 @@ def test_training_is_reproducible_and_learns(tmp_path):
     b = dense_models('digits', 'mlp', num_shadows=1, cfg=cfg, cache=ArtifactCache(tmp_path / 'other'), device='cpu', progress=False)
     np.testing.assert_array_equal(predict_proba(a.victim, ds, s.victim.test), predict_proba(b.victim, ds, s.victim.test))
     seed_everything(0)
+
+
+# ---------------------------------------------------------------- the cache heals every damaged state
+def _manifest(entry, files):
+    (entry / 'manifest.json').write_text(json.dumps({'kind': 'model', 'key': {'k': 1}, 'files': files}))
+
+
+def _forge(entry):
+    "Garbage bytes in data.pt with a manifest that matches them."
+    import hashlib
+    (entry / 'data.pt').write_bytes(b'garbage that is not a checkpoint')
+    b = (entry / 'data.pt').read_bytes()
+    _manifest(entry, {'data.pt': {'size': len(b), 'sha256': hashlib.sha256(b).hexdigest()}})
+
+
+DAMAGES = {
+    'entry_replaced_by_a_file': lambda e: (__import__('shutil').rmtree(e), e.write_text('not a folder')),
+    'entry_is_a_dangling_link': lambda e: (__import__('shutil').rmtree(e), e.symlink_to(e.parent / 'nowhere')),
+    'entry_is_an_empty_folder': lambda e: [p.unlink() for p in e.iterdir()],
+    'kind_folder_replaced_by_a_file': lambda e: (__import__('shutil').rmtree(e.parent), e.parent.write_text('x')),
+    'manifest_lists_no_files': lambda e: _manifest(e, {}),
+    'manifest_lists_another_file': lambda e: ((e / 'other.bin').write_bytes(b'x'),
+                                              _manifest(e, {'other.bin': {'size': 1, 'sha256': __import__('hashlib').sha256(b'x').hexdigest()}})),
+    'manifest_not_json': lambda e: (e / 'manifest.json').write_text('{not json'),
+    'manifest_files_not_a_dict': lambda e: _manifest(e, ['data.pt']),
+    'manifest_names_a_path_outside': lambda e: _manifest(e, {'../../x': {'size': 1, 'sha256': '0'}}),
+    'manifest_is_a_folder': lambda e: ((e / 'manifest.json').unlink(), (e / 'manifest.json').mkdir()),
+    'forged_manifest_over_garbage': _forge,
+}
+
+
+@pytest.mark.parametrize('damage', list(DAMAGES))
+def test_cache_heals_every_damaged_state(tmp_path, damage):
+    cache, calls = ArtifactCache(tmp_path), []
+
+    def build():
+        calls.append(1)
+        return {'w': torch.arange(10.0)}
+    cache.load_or_build('model', {'k': 1}, build)
+    entry = cache.entry('model', {'k': 1})
+    DAMAGES[damage](entry)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        out = cache.load_or_build('model', {'k': 1}, build)
+    assert len(calls) == 2 and torch.equal(out['w'], torch.arange(10.0))
+    assert any('rebuilding' in str(x.message) for x in w)
+    assert cache.verify(entry, ('data.pt',)) and entry.is_dir() and not entry.is_symlink()
+    assert torch.equal(cache.load_or_build('model', {'k': 1}, build)['w'], torch.arange(10.0)) and len(calls) == 2  # healed for good
+
+
+def test_cache_root_that_is_a_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / 'c').write_text('x')
+    with pytest.raises(NotADirectoryError, match=str(tmp_path / 'c')):
+        ArtifactCache(tmp_path / 'c').load_or_build('model', {}, lambda: {'w': torch.ones(1)})
+    assert (tmp_path / 'c').read_text() == 'x'
+
+
+# ---------------------------------------------------------------- refused checkpoints name the path
+class _Evil:
+    def __reduce__(self): return (print, ('pwned',))
+
+
+@pytest.mark.parametrize('case', ['pickled_code', 'a_list', 'a_tensor', 'garbage', 'empty', 'truncated', 'a_folder'])
+def test_refused_checkpoint_names_the_path(tmp_path, case):
+    import pickle
+    from mia_pruning.core import load_checkpoint, save_checkpoint
+    p = tmp_path / 'sub' / 'victim.pt'; p.parent.mkdir()
+    if case == 'pickled_code': torch.save({'w': torch.ones(1), 'x': _Evil()}, p)
+    elif case == 'a_list': torch.save([1, 2], p)
+    elif case == 'a_tensor': torch.save(torch.ones(3), p)
+    elif case == 'garbage': p.write_bytes(b'hello, this is not a checkpoint')
+    elif case == 'empty': p.write_bytes(b'')
+    elif case == 'truncated':
+        save_checkpoint(p, {'w': torch.arange(1000.0)}); p.write_bytes(p.read_bytes()[:300])
+    else: p.mkdir()
+    exc = pickle.UnpicklingError if case == 'pickled_code' else ValueError
+    with pytest.raises(exc) as e:
+        load_checkpoint(p)
+    assert str(p) in str(e.value)
+    if case == 'pickled_code': assert 'Weights only load failed' in str(e.value)
+    if case in ('a_list', 'a_tensor'): assert 'not a checkpoint' in str(e.value)
+
+
+# ---------------------------------------------------------------- provenance from outside the clone
+def test_git_commit_is_recorded_when_run_from_outside_the_clone(tmp_path):
+    import subprocess, sys
+    import mia_pruning
+    from mia_pruning.core import project_root, git_commit
+    root = project_root(mia_pruning.__file__)
+    if root is None or not (root / '.git').exists(): pytest.skip('the package is not imported from a git checkout')
+    head = subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([sys.executable, '-c', 'from mia_pruning.core import env_info; print(env_info("cpu")["git_commit"])'],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == head and len(head) == 40
+    assert git_commit(tmp_path) is None  # a folder that is not a checkout

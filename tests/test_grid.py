@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from mia_pruning import grid as G
+from mia_pruning.gridlock import proc_start
+from mia_pruning.runs import is_complete, verify_run, finish_run
 from mia_pruning.core import save_json
 from mia_pruning.pipeline import CELL_DEFAULTS
 
@@ -34,8 +36,9 @@ rows = [dict(params, model_state=s, attack=a, attack_acc=0.5 + sparsity / 10 + (
 if out_dir:
     d = pathlib.Path(out_dir)
     env = {v: os.environ.get(v) for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
-    (d / 'params.json').write_text(json.dumps({'params': params, 'provenance': {'env': env, 'cwd': os.getcwd()}}))
+    (d / 'params.json').write_text(json.dumps({'params': params, 'provenance': {'env': env, 'cwd': os.getcwd(), 'cell_id': d.name}}))
     (d / 'rows.json').write_text(json.dumps(rows))
+    import numpy as np; np.savez(d / 'scores.npz', dense__py=np.ones(2))
     (d / '.metrics.tmp').write_text(json.dumps({'pruned/conf/attack_acc': rows[2]['attack_acc']}))
     os.replace(d / '.metrics.tmp', d / 'metrics.json')
 if log:
@@ -133,14 +136,18 @@ def test_yaml_equals_dict_and_name_defaults_to_stem(tmp_path):
 def test_preset_sizes_and_stable_ids():
     quick, smoke, paper = G.expand_cells('quick'), G.expand_cells('smoke'), G.expand_cells('paper')
     assert (len(quick), len(smoke)) == (16, 2)
-    assert len(paper) == 4 * 3 * 4 * 5 * 2 + 3 * 5 * 2 + 5 * 2 + 3 * 2
+    # the PPB cell at its default strength (4) is written twice in the spec (blocks[0] and blocks[2]): one cell, with a note
+    assert len(paper) == 4 * 3 * 4 * 5 * 2 + 3 * 5 * 2 + 5 * 2 + 3 * 2 - 1
+    merged = [c for c in paper if c.merged]
+    assert len(merged) == 1 and merged[0].merged == [{'where': 'blocks[2]', 'coords': {'defense_param': 4.0, 'adaptive': False}}]
+    assert merged[0].params['defense'] == 'ppb' and merged[0].params['defense_param'] == -1.0 and merged[0].where == 'blocks[0]'
     assert {c.params['prune_method'] for c in paper if c.params['arch'] == 'column_fc'} == {'l1_unstructured'}
     q = quick[0].params
     assert (q['dataset'], q['arch'], q['seed'], q['num_shadows'], q['attacks']) == ('digits', 'cnn', 7, 3, 'all')
     assert {(c.params['prune_method'], c.params['sparsity'], c.params['defense']) for c in quick} == \
         {(m, s, d) for m in G.STUDY_METHODS for s in (0.5, 0.9) for d in ('none', 'ppb')}
     assert len({c.id for c in paper}) == len(paper)
-    for c in quick: assert G._NAME_RE.fullmatch(c.id) and c.id.startswith(f"digits-cnn-{c.params['prune_method']}-")
+    for c in quick: assert G.GRID_NAME_RE.fullmatch(c.id) and c.id.startswith(f"digits-cnn-{c.params['prune_method']}-")
     rev = G.expand_cells(dict(G.PRESETS['quick'], axes=dict(reversed(list(G.PRESETS['quick']['axes'].items())))))
     assert {c.id for c in rev} == {c.id for c in quick} and rev[1].id != quick[1].id  # the order changes, not the ids
     # (the SIGKILL test below also checks that another process computes the same ids: its rerun skips the cells
@@ -214,9 +221,9 @@ def test_lock_from_another_host_is_not_taken(tmp_path):
 def test_lock_with_a_recycled_pid_is_stale(tmp_path):
     # our own (alive) pid but another process start time: a pid recycled after the holder died
     (tmp_path / '.lock').write_text(json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'proc_start': '1', 'started': 'x'}))
-    if G._proc_start(os.getpid()) is None: pytest.skip('no /proc here')
+    if proc_start(os.getpid()) is None: pytest.skip('no /proc here')
     with pytest.warns(UserWarning, match='stale lock'):
-        with G.GridLock(tmp_path) as lock: assert lock.holder()['proc_start'] == G._proc_start(os.getpid())
+        with G.GridLock(tmp_path) as lock: assert lock.holder()['proc_start'] == proc_start(os.getpid())
 
 
 # ---------------------------------------------------------------- resume, failures, partial folders
@@ -278,7 +285,7 @@ def test_notebook_that_writes_nothing_is_a_failure(tmp_path, monkeypatch):
     nb.cells = [p, nbformat.v4.new_code_cell('x = 1')]
     nbformat.write(nb, str(tmp_path / 'lazy.ipynb'))
     rep = G.run_grid({'name': 'g', 'fixed': BASE}, out_dir=tmp_path / 'out', template=tmp_path / 'lazy.ipynb', workers=1, progress=False)
-    assert 'without writing metrics.json' in next(iter(rep.failed.values()))
+    assert 'metrics.json is missing' in next(iter(rep.failed.values())) and 'out_dir ignored?' in next(iter(rep.failed.values()))
 
 
 def test_bad_execution_options(tmp_path, stub):
@@ -286,17 +293,20 @@ def test_bad_execution_options(tmp_path, stub):
                     ({'threads': -1}, 'non-negative'), ({'scheduler': 'tcp://x:1'}, "executor='dask'")]:
         with pytest.raises(ValueError, match=msg): G.run_grid({'name': 'g', 'fixed': BASE}, out_dir=tmp_path / 'o', template=stub, **kw)
     (tmp_path / 'afile').write_text('x')
-    with pytest.raises(ValueError, match='is a file'): G.run_grid({'name': 'g', 'fixed': BASE}, out_dir=tmp_path / 'afile', template=stub)
+    with pytest.raises(ValueError, match='is not a folder'): G.run_grid({'name': 'g', 'fixed': BASE}, out_dir=tmp_path / 'afile', template=stub)
 
 
 # ---------------------------------------------------------------- collect
 def _run(root, name, params, attacks=('conf', 'samia'), complete=True, rows=None):
+    "A synthetic run folder as the pipeline writes it (without a notebook), certified complete unless `complete` is False."
     rd = Path(root) / 'runs' / name; rd.mkdir(parents=True)
-    save_json(rd / 'params.json', {'params': params, 'provenance': {'timings': {'total': 1.0}}})
+    save_json(rd / 'params.json', {'params': params, 'provenance': {'timings': {'total': 1.0}, 'cell_id': name}})
     save_json(rd / 'rows.json', rows if rows is not None else
               [{'model_state': s, 'attack': a, 'attack_acc': 0.5 + 0.1 * (s == 'pruned'), 'auc': 0.61, 'test_acc': 0.9}
                for s in ('dense', 'pruned') for a in attacks])
-    if complete: save_json(rd / 'metrics.json', {'pruned/conf/attack_acc': 0.6})
+    np.savez(rd / 'scores.npz', dense__py=np.ones(3))
+    save_json(rd / 'metrics.json', {'pruned/conf/attack_acc': 0.6})
+    if complete: finish_run(rd, notebook=False)
     return rd
 
 
@@ -307,8 +317,11 @@ def test_collect_reads_run_folders_only(tmp_path):
     bad = _run(tmp_path, 'corrupt', {'dataset': 'digits', 'arch': 'cnn', 'sparsity': 0.6})
     (bad / 'rows.json').write_text('[{"model_state": "dense", "att')
     (tmp_path / 'runs' / 'stray-file.txt').write_text('not a run')
-    with pytest.warns(UserWarning, match='skipping run folder .*corrupt'):
+    with pytest.warns(UserWarning) as caught:
         df = G.collect(tmp_path)
+    msgs = sorted(str(w.message) for w in caught)
+    assert len(msgs) == 2 and 'corrupt: not complete (rows.json does not match its completion record' in msgs[0] \
+        and 'partial: not complete (it has no completion record' in msgs[1], msgs
     assert len(df) == 2 * 2 + 2 * 3
     assert list(df.columns[:len(G.SUMMARY_COLUMNS)]) == G.SUMMARY_COLUMNS and df.columns[len(G.SUMMARY_COLUMNS)] == 'cell_id'
     assert set(df[df.cell_id == 'folder-name-says-0.1'].sparsity) == {0.9}  # coordinates from params.json
@@ -354,12 +367,14 @@ def test_sigkill_mid_grid_then_rerun_completes_each_cell_once(tmp_path, stub, mo
     killed_at = len(read_log(log))
     time.sleep(0.3)  # a request already in flight may still start its notebook cell
     settled = len(read_log(log))
-    time.sleep(2.5)  # longer than an orphan kernel needs to notice its parent is gone (1 s poll)
-    complete = {p.parent.name for p in (out / 'runs').glob('*/metrics.json')}
+    time.sleep(2.5)  # a kernel that outlived its grid would finish its cell meanwhile (the stub sleeps 1.5 s)
+    complete = {p.name for p in (out / 'runs').iterdir() if is_complete(p)}
     after = read_log(log)[killed_at:]
     assert len(read_log(log)) == settled and not [l for l in after if l[0] == 'done'], \
         f'a worker or kernel outlived the grid and kept working: {after}'
-    assert complete == done and (out / '.lock').exists()
+    assert complete <= done and len(complete) >= 1 and (out / '.lock').exists()  # a cell done but not certified is not complete
+    for p in (out / 'runs').iterdir():
+        if p.name in complete: assert verify_run(p) == []  # a finished notebook and consistent files
 
     monkeypatch.setenv('MIA_TEST_SLEEP', '0')
     with pytest.warns(UserWarning, match='stale lock'):
@@ -367,8 +382,8 @@ def test_sigkill_mid_grid_then_rerun_completes_each_cell_once(tmp_path, stub, mo
                          workers=1, progress=False)
     assert rep.ok and sorted(rep.skipped) == sorted(complete) and len(rep.ran) == 4 - len(complete)
     lines = read_log(log)
-    finished = [l[1] for l in lines if l[0] == 'done']
-    assert sorted(finished) == sorted(rep.cell_ids)  # every cell completed exactly once, over both runs
+    assert sorted(l[1] for l in lines[settled:] if l[0] == 'done') == sorted(set(rep.cell_ids) - complete)  # each rerun once
+    assert all(is_complete(out / 'runs' / c) and verify_run(out / 'runs' / c) == [] for c in rep.cell_ids)  # every cell complete
     assert not {l[1] for l in lines[killed_at:] if l[0] == 'start'} & complete  # finished cells were not rerun
     assert len(pd.read_csv(out / 'summary.csv')) == 4 * 4 and not (out / '.lock').exists()
 

@@ -28,8 +28,10 @@ def test_auc_and_roc_match_sklearn(seed, n, dec, p):
     fpr, tpr = roc_curve_points(s, m)
     np.testing.assert_allclose(fpr, fpr_sk, rtol=0, atol=1e-15)
     np.testing.assert_allclose(tpr, tpr_sk, rtol=0, atol=1e-15)
+    assert met['fpr_floor'] == 1 / (~m).sum()
     for key, target in FPR_TARGETS.items():
-        assert met[key] == pytest.approx(tpr_sk[fpr_sk <= target].max(), abs=1e-12), key
+        if target >= 1 / (~m).sum(): assert met[key] == pytest.approx(tpr_sk[fpr_sk <= target].max(), abs=1e-12), key
+        else: assert np.isnan(met[key]), key  # finer than one false positive: not a number
     adv = np.max(tpr_sk - fpr_sk)
     assert met['advantage'] == pytest.approx(adv, abs=1e-12)
     assert met['best_acc'] == pytest.approx(0.5 * (1 + adv), abs=1e-12)
@@ -50,7 +52,8 @@ def test_attack_decisions():
     met = membership_metrics(s, m, decisions=d)
     assert met['attack_tpr'] == pytest.approx(2 / 3) and met['attack_fpr'] == pytest.approx(1 / 3)
     assert met['attack_acc'] == pytest.approx(2 / 3)
-    assert met['auc'] == 1.0 and met['tpr_at_0_01pct_fpr'] == 1.0
+    assert met['auc'] == 1.0 and met['fpr_floor'] == pytest.approx(1 / 3)
+    assert all(np.isnan(met[k]) for k in FPR_TARGETS)  # 3 non-members cannot resolve an FPR of 1% or finer
     assert 'attack_acc' not in membership_metrics(s, m)
 
 
@@ -99,7 +102,9 @@ def test_extremes():
     assert (v >= tau).all() or not (v >= tau).any()
     met = membership_metrics(v, m)
     assert met['auc'] == 0.5 and met['advantage'] == 0 and met['best_acc'] == 0.5
-    assert met['tpr_at_1pct_fpr'] == 0.0  # the single tie step goes straight to (1, 1)
+    assert np.isnan(met['tpr_at_1pct_fpr'])  # 6 non-members: the finest FPR step is 1/6
+    met = membership_metrics(np.full(200, 0.3), np.arange(200) < 80)
+    assert met['tpr_at_1pct_fpr'] == 0.0  # 120 non-members resolve 1%; the single tie step goes straight to (1, 1)
     np.testing.assert_array_equal(np.stack(roc_curve_points(v, m)), [[0, 1], [0, 1]])
     # reversed signal: `value >= tau` can do no better than calling everything (or nothing) a member
     assert fit_threshold([3., 4, 1, 2], [0, 0, 1, 1])[1] == 0.5
@@ -122,7 +127,9 @@ def test_bootstrap_intervals():
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     se = np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
     assert (met['auc_hi'] - met['auc_lo']) / (2 * 1.96 * se) == pytest.approx(1, abs=0.25)
-    assert membership_metrics(s, m, decisions=d, n_boot=300, seed=1) == met
+    again = membership_metrics(s, m, decisions=d, n_boot=300, seed=1)
+    assert again.keys() == met.keys() and all(again[k] == met[k] or (np.isnan(again[k]) and np.isnan(met[k])) for k in met)
+    assert np.isnan(met['tpr_at_0_01pct_fpr_lo']) and np.isnan(met['tpr_at_0_01pct_fpr_hi'])  # ~1,500 non-members: no 0.01%
     wide = membership_metrics(s, m, n_boot=300, seed=1, alpha=0.01)
     assert wide['auc_hi'] - wide['auc_lo'] > met['auc_hi'] - met['auc_lo']
 

@@ -1,16 +1,14 @@
-"Tests of mia_pruning.prune: exact counts, masks held through fine-tuning, compaction, save/load and the cache."
+"Tests of mia_pruning.prune: exact counts, the structured methods' BatchNorm semantics, masks held through fine-tuning."
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import mia_pruning.prune as P
-from mia_pruning.core import ArtifactCache
 from mia_pruning.data import MIADataset, Split, load_dataset, make_splits
 from mia_pruning.models import build_model
-from mia_pruning.prune import (PRUNE_METHODS, prune_model, sparsity_report, prune_count, fine_tune, compact_model,
-                               compare_inference, save_pruned, load_pruned, pruned_model, state_hash,
-                               iterative_magnitude_prune, effective_param, current_mask, count_macs, slimming_penalty)
+from mia_pruning.prune import (PRUNE_METHODS, STRUCTURED_BN, prune_model, sparsity_report, prune_count, fine_tune, state_hash,
+                               effective_param, current_mask, count_macs, slimming_penalty, check_model_for)
 from mia_pruning.train import TrainConfig
 
 SHAPES = {'resnet20': (3, 32, 32), 'cnn': (1, 8, 8)}
@@ -63,52 +61,13 @@ def test_rankings_remove_the_smallest_units():
     norms = conv.weight_orig.detach().flatten(1).norm(dim=1)
     dead = ~current_mask(conv, 'weight').flatten(1).any(1)
     assert int(dead.sum()) == 32 and norms[dead].max() <= norms[~dead].min()
-    assert bool((bn.weight[dead] == 0).all() and (bn.bias[dead] == 0).all())   # gamma AND beta
+    assert bool((bn.bias[dead] != 0).all())                                    # the study's: beta untouched
     m = prune_model(trained_looking('resnet20'), 'slimming', 0.7)
     gammas = torch.cat([b.weight_orig.detach().abs() for b in m.modules() if isinstance(b, nn.BatchNorm2d)])
     kept = torch.cat([current_mask(b, 'weight') for b in m.modules() if isinstance(b, nn.BatchNorm2d)])
     assert gammas[~kept].max() <= gammas[kept].min()                           # one global threshold
     conv, bn = m.layers[0].conv1, m.layers[0].bn1                              # the producing conv goes too
     assert torch.equal(current_mask(conv, 'weight').flatten(1).any(1), current_mask(bn, 'weight'))
-
-
-def tiny_data(shape, n=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ds = MIADataset('tiny', torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g), 10, 'image')
-    return ds, Split(np.arange(0, 32), np.arange(32, 40), np.arange(40, n))
-
-
-@pytest.mark.parametrize('arch', list(SHAPES))
-def test_imp_sparsity_and_rewind(arch):
-    ds, split = tiny_data(SHAPES[arch])
-    cfg = TrainConfig(epochs=1, batch_size=16, max_batches=1, patience=0)
-    for s in [0.5, 0.9]:
-        init = build_model(arch, 10, SHAPES[arch], seed=3)
-        init_state = P.plain_state_dict(init, clone=True)
-        res = iterative_magnitude_prune(init, ds, split, s, rounds=2, rewind_epochs=0, cfg=cfg, seed=0, progress=False)
-        assert abs(sparsity_report(res.model, 'imp', s)['measured'] - s) <= 0.02
-        assert [r['round'] for r in res.rounds] == [1, 2] and res.rounds[0]['target'] < s
-        assert all(torch.equal(res.rewind_state[k], init_state[k]) for k in init_state)   # rewind to the init
-    # rewinding keeps the masks and restores every surviving weight
-    m = prune_model(build_model('cnn', 10, (1, 8, 8), seed=1), 'imp', 0.5)
-    target = P.plain_state_dict(build_model('cnn', 10, (1, 8, 8), seed=2))
-    P._rewind(m, target)
-    conv = m.features[0][0]
-    assert torch.equal(conv.weight_orig.detach(), target['features.0.0.weight'])
-    assert torch.equal(effective_param(conv, 'weight'), target['features.0.0.weight'] * conv.weight_mask)
-
-
-@pytest.mark.parametrize('method', ['l1_structured', 'slimming'])
-def test_compact_resnet20_equal_logits(method):
-    s = 0.5 if method == 'l1_structured' else 0.9      # slimming at 0.9 empties whole layers: groups keep one channel
-    m = prune_model(trained_looking('resnet20'), method, s)
-    small = compact_model(m, (3, 32, 32))
-    cmp = compare_inference(m, small, (3, 32, 32), batch_size=8, repeats=1)
-    assert cmp['compact']['params_total'] < cmp['masked']['params_total']
-    assert cmp['max_abs_diff'] < 1e-4
-    assert cmp['compact']['macs_effective'] == cmp['masked']['macs_effective']
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad(): assert float((m.eval()(x) - small(x)).abs().max()) < 1e-4
 
 
 def test_macs_known_answer():
@@ -173,16 +132,6 @@ def test_count_convention():
     assert prune_count(100, 0.29) == 29 and int(100 * 0.29) == 28
 
 
-def test_save_load_round_trip(tmp_path):
-    m = prune_model(trained_looking('resnet20'), 'l2_structured', 0.5)
-    save_pruned(tmp_path / 'm.pt', m, {'method': 'l2_structured', 'sparsity': np.float32(0.5)})
-    m2, meta = load_pruned(tmp_path / 'm.pt', 'resnet20', 10, (3, 32, 32))
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad(): assert torch.equal(m.eval()(x), m2(x))
-    assert meta == {'method': 'l2_structured', 'sparsity': 0.5} and state_hash(m) == state_hash(m2)
-    assert P.pruned_parameters(m) and not P.pruned_parameters(m2)
-
-
 def test_state_hash():
     a, b = build_model('cnn', 10, (1, 8, 8), seed=0), build_model('cnn', 10, (1, 8, 8), seed=0)
     assert state_hash(a) == state_hash(b) == state_hash(a.state_dict())
@@ -190,21 +139,36 @@ def test_state_hash():
     assert state_hash(a) != state_hash(b)
 
 
-def test_pruned_model_cache_hit_does_not_retrain(tmp_path, digits_small, monkeypatch):
-    ds, split = digits_small
-    dense = build_model('cnn', 10, (1, 8, 8), seed=0)
-    cfg = TrainConfig(epochs=2, batch_size=32, patience=0)
-    calls = []
-    real = P.train_model
-    monkeypatch.setattr(P, 'train_model', lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    kw = dict(cfg=cfg, seed=0, cache=ArtifactCache(tmp_path), progress=False)
-    a, ia = pruned_model(dense, ds, split, 'cnn', 'l1_unstructured', 0.5, **kw)
-    assert len(calls) == 1 and not ia['cache_hit']
-    b, ib = pruned_model(dense, ds, split, 'cnn', 'l1_unstructured', 0.5, **kw)
-    assert len(calls) == 1 and ib['cache_hit']
-    assert state_hash(a) == state_hash(b) and ia['report'] == ib['report']
-    assert abs(ib['report']['measured'] - 0.5) <= 0.02 and 0 <= ib['test_acc'] <= 1
-    pruned_model(dense, ds, split, 'cnn', 'l1_unstructured', 0.6, **kw)          # another key: trains
-    assert len(calls) == 2
-    with pytest.raises(ValueError, match='defense_key'):
-        pruned_model(dense, ds, split, 'cnn', 'l1_unstructured', 0.5, objective=lambda *a: 0, **kw)
+def test_structured_bn_keep_is_the_default_and_zero_removes():
+    "l1_structured at 0.5: the following BatchNorm's beta stays by default ('keep'), and is zero with 'zero'."
+    assert STRUCTURED_BN == ('keep', 'zero')
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for sb in (None, 'keep', 'zero'):
+        m = trained_looking('cnn')
+        beta0 = m.features[0][1].bias.detach().clone()
+        prune_model(m, 'l1_structured', 0.5, **({} if sb is None else {'structured_bn': sb}))
+        conv, bn = m.features[0][0], m.features[0][1]
+        dead = ~current_mask(conv, 'weight').flatten(1).any(1)
+        assert int(dead.sum()) == 16 and bool((effective_param(conv, 'weight')[dead] == 0).all())
+        if sb == 'zero':
+            assert bool((bn.weight[dead] == 0).all() and (bn.bias[dead] == 0).all())
+        else:
+            assert torch.equal(bn.bias.detach(), beta0) and bool((bn.bias[dead] != 0).all())
+        with torch.no_grad(): out[sb] = m(x)
+    assert torch.equal(out[None], out['keep']) and not torch.allclose(out['keep'], out['zero'])
+    for sb in ('remove', None, 0, 'Keep'):
+        with pytest.raises(ValueError, match="structured_bn must be 'keep'.*'zero'"):
+            prune_model(build_model('cnn', 10, (1, 8, 8)), 'l1_structured', 0.5, structured_bn=sb)
+    # the other methods accept and ignore it; slimming always zeroes gamma and beta (its unit)
+    a, b = trained_looking('cnn'), trained_looking('cnn')
+    prune_model(a, 'slimming', 0.5); prune_model(b, 'slimming', 0.5, structured_bn='zero')
+    assert state_hash(a) == state_hash(b)
+    bn = a.features[0][1]
+    assert bool((bn.bias[~current_mask(bn, 'weight')] == 0).all())
+
+
+def test_check_model_for_is_public():
+    with pytest.raises(ValueError, match='no Conv2d'): check_model_for(build_model('mlp', 10, (64,)), 'l1_structured')
+    check_model_for(build_model('cnn', 10, (1, 8, 8)), 'slimming')
+    with pytest.raises(ValueError, match='prune method'): check_model_for(build_model('cnn', 10, (1, 8, 8)), 'nope')

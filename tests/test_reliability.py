@@ -24,6 +24,7 @@ import torch
 
 import mia_pruning
 from mia_pruning import grid as G
+from mia_pruning import runs as RUNS
 from mia_pruning import pipeline as P
 from mia_pruning.core import ArtifactCache, load_checkpoint, save_checkpoint, save_json, load_json
 from mia_pruning.data import load_dataset, make_splits, get_splits, write_idx, _FASHION_FILES
@@ -109,7 +110,6 @@ class Bad:
     exc: Any
     match: list
     setup: Callable[[Path], Any] | None = None
-    bug: str | None = None  # a known defect: the case is expected to fail until it is fixed
 
 
 def _mlp(): return build_model('mlp', 10, (1, 8, 8), seed=0)
@@ -144,6 +144,23 @@ def _existing_grid(tmp: Path):
 
 
 GBASE = {'dataset': 'digits', 'arch': 'mlp'}
+ABSENT_CUDA = f'cuda:{torch.cuda.device_count()}' if torch.cuda.is_available() else 'cuda'  # a device this machine lacks
+# each level doubles the one before: 9 levels of 10 aliases would expand to 10**9 strings
+ALIAS_BOMB = 'name: g\nfixed:\n  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + ''.join(
+    f'  {chr(98 + i)}: &{chr(98 + i)} [{", ".join(["*" + chr(97 + i)] * 10)}]\n' for i in range(8))
+
+
+def _yaml(tmp: Path, text: str): (tmp / 'g.yaml').write_text(text)
+
+
+def _summary_csv(tmp: Path, bad_value: str | None = None, raw: bytes | None = None):
+    "outputs/g/summary.csv with a text value in a numeric column, or with the bytes `raw`."
+    d = tmp / 'outputs' / 'g'; d.mkdir(parents=True)
+    if raw is not None: (d / 'summary.csv').write_bytes(raw); return
+    cols = 'dataset,arch,prune_method,sparsity,defense,model_state,attack,attack_acc,test_acc,cell_id'
+    (d / 'summary.csv').write_text(cols + '\n' + f'digits,mlp,l1_unstructured,0.5,none,dense,conf,0.6,0.9,c1\n'
+                                   f'digits,mlp,l1_unstructured,0.5,none,pruned,conf,{bad_value},0.9,c1\n')
+
 
 
 def _grid(spec, **kw):
@@ -232,13 +249,13 @@ CATALOGUE = [
     Bad('grid_yaml_with_python_tag', lambda t: G.run_grid(t / 'evil.yaml', progress=False), ValueError, ['is not valid YAML', 'python/object'],
         setup=lambda t: (t / 'evil.yaml').write_text(f'name: g\nfixed: !!python/object/apply:os.system ["touch {t / "PWNED"}"]\n')),
     Bad('grid_workers_of_wrong_type', lambda t: G.run_grid({'name': 'g', 'fixed': GBASE}, workers='2', progress=False), ValueError,
-        ["workers must be a positive integer, got '2'"], setup=_existing_grid),
+        ['workers must be a positive integer', "got '2'"], setup=_existing_grid),
     # ---- cell parameters of the wrong type or range
     Bad('cell_float_seed', lambda t: P.run_cell(progress=False, **TINY, seed=7.0), ValueError, ['seed=7.0 must be of type int']),
     Bad('cell_string_bool', lambda t: P.run_cell(progress=False, **TINY, dense_shadows='False'), ValueError,
         ["dense_shadows='False' must be of type bool"]),
     Bad('cell_string_int', lambda t: P.run_cell(progress=False, **{**TINY, 'num_shadows': '2'}), ValueError, ["num_shadows='2' must be of type int"]),
-    Bad('cell_negative_epochs', lambda t: P.run_cell(progress=False, **{**TINY, 'epochs': -1}), ValueError, ['epochs must be >= 0', '-1']),
+    Bad('cell_negative_epochs', lambda t: P.run_cell(progress=False, **{**TINY, 'epochs': -1}), ValueError, ['parameter epochs must be in [0, ', 'got -1']),
     Bad('cell_empty_attack_list', lambda t: P.run_cell(progress=False, **{**TINY, 'attacks': ' , '}), ValueError, ['no attack named', 'conf']),
     Bad('cell_image_arch_on_tabular_data', lambda t: P.run_cell(progress=False, **{**TINY, 'dataset': 'purchase100', 'arch': 'cnn'}),
         ValueError, ["arch 'cnn' needs image inputs", '(600,)']),
@@ -294,13 +311,73 @@ CATALOGUE = [
     # ---- report
     Bad('report_without_summary', lambda t: make_report(t / 'outputs' / 'g'), FileNotFoundError, ['no summary table', 'summary.csv'],
         setup=lambda t: (t / 'outputs' / 'g' / 'runs').mkdir(parents=True)),
-    Bad('report_summary_lacking_columns', lambda t: make_report(t / 'outputs' / 'g'), ValueError, ["the summary lacks column(s)", 'model_state'],
+    Bad('report_summary_lacking_columns', lambda t: make_report(t / 'outputs' / 'g'), ValueError, ['summary.csv', 'lacks column(s)', 'model_state'],
         setup=_existing_grid),
+    Bad('report_text_in_a_numeric_column', lambda t: make_report(t / 'outputs' / 'g'), ValueError,
+        ['summary.csv', 'column attack_acc must hold numbers', "'high'"], setup=lambda t: _summary_csv(t, 'high')),
+    Bad('report_empty_summary', lambda t: make_report(t / 'outputs' / 'g'), ValueError, ['summary.csv', 'is empty'],
+        setup=lambda t: _summary_csv(t, raw=b'')),
+    Bad('report_garbage_summary', lambda t: make_report(t / 'outputs' / 'g'), ValueError, ['summary.csv', 'not a readable CSV'],
+        setup=lambda t: _summary_csv(t, raw=b'\xff\xfe\x00garbage\x00\n\x81,\x82\n"')),
+    Bad('report_summary_is_a_folder', lambda t: make_report(t / 'outputs' / 'g'), ValueError, ['summary.csv', 'is a folder'],
+        setup=lambda t: (t / 'outputs' / 'g' / 'summary.csv').mkdir(parents=True)),
+    Bad('collect_summary_is_a_folder', lambda t: G.collect(t / 'outputs' / 'g'), ValueError, ['summary.csv', 'is a folder or a link'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / 'summary.csv').unlink(), (t / 'outputs' / 'g' / 'summary.csv').mkdir())),
+    # ---- YAML that could mislead or exhaust (the earlier grid 'g' must stay as it is)
+    Bad('grid_yaml_duplicate_key', lambda t: G.run_grid(t / 'g.yaml', progress=False), ValueError,
+        ['g.yaml', "the key 'sparsity' is given twice (first on line 4)"],
+        setup=lambda t: (_existing_grid(t), _yaml(t, 'name: g\nfixed: {dataset: digits, arch: mlp}\naxes:\n  sparsity: [0.5]\n  sparsity: [0.9]\n'))),
+    Bad('grid_yaml_two_axes', lambda t: G.run_grid(t / 'g.yaml', progress=False), ValueError, ['g.yaml', "the key 'axes' is given twice"],
+        setup=lambda t: (_existing_grid(t), _yaml(t, 'name: g\naxes: {sparsity: [0.5]}\nfixed: {dataset: digits}\naxes: {seed: [1]}\n'))),
+    Bad('grid_yaml_alias_bomb', lambda t: G.run_grid(t / 'g.yaml', progress=False), ValueError, ['g.yaml', 'the alias *a is not allowed'],
+        setup=lambda t: (_existing_grid(t), _yaml(t, ALIAS_BOMB))),
+    Bad('grid_yaml_not_utf8', lambda t: G.run_grid(t / 'g.yaml', progress=False), ValueError, ['g.yaml', 'is not UTF-8 text', "b'\\xe9'"],
+        setup=lambda t: (_existing_grid(t), (t / 'g.yaml').write_bytes('name: g\ndescription: caf\u00e9\n'.encode('latin-1')))),
+    Bad('grid_over_the_cell_cap', _grid({'name': 'g', 'fixed': GBASE, 'axes': {'seed': list(range(1000)), 'epochs': list(range(1000))}}),
+        ValueError, ['1,000,000 cells, more than the cap of 100,000', 'max_cells=1000000', '--max-cells'], setup=_existing_grid),
+    # ---- bad values, refused before anything runs
+    Bad('grid_timeout_zero', _grid({'name': 'g', 'fixed': GBASE}, timeout=0), ValueError, ['timeout must be a positive number', 'got 0'],
+        setup=_existing_grid),
+    Bad('grid_timeout_nan', _grid({'name': 'g', 'fixed': GBASE}, timeout=float('nan')), ValueError, ['timeout', 'nan'], setup=_existing_grid),
+    Bad('grid_device_absent', _grid({'name': 'g', 'fixed': {**GBASE, 'device': ABSENT_CUDA}}), ValueError,
+        [f"device '{ABSENT_CUDA}'", 'nothing was run'], setup=_existing_grid),
+    Bad('cell_device_malformed', lambda t: P.run_cell(progress=False, **TINY, device='cuda:abc'), ValueError, ["device 'cuda:abc'"]),
+    Bad('cell_seed_above_32_bits', lambda t: P.run_cell(progress=False, **{**TINY, 'seed': 2**32}), ValueError, ['seed', '4294967295', '4294967296']),
+    Bad('cell_seed_2_to_64', lambda t: P.run_cell(progress=False, **{**TINY, 'seed': 2**64}), ValueError, ['seed', '18446744073709551616']),
+    Bad('cell_threads_too_many', lambda t: P.run_cell(progress=False, **{**TINY, 'threads': 1025}), ValueError, ['threads', '1024', '1025']),
+    Bad('cell_n_boot_too_many', lambda t: P.run_cell(progress=False, **{**TINY, 'n_boot': 100_001}), ValueError, ['n_boot', '100000', '100001']),
+    Bad('cell_num_shadows_too_many', lambda t: P.run_cell(progress=False, **{**TINY, 'num_shadows': 257}), ValueError, ['num_shadows', '256', '257']),
+    Bad('cell_num_references_too_many', lambda t: P.run_cell(progress=False, **{**TINY, 'num_references': 1026}), ValueError,
+        ['num_references', '1024', '1026']),
+    # ---- odd folders and locks (the earlier grid 'g' must stay as it is)
+    Bad('grid_lock_empty', _grid({'name': 'g', 'fixed': GBASE}), G.GridLockedError, ['.lock is corrupt (it is empty)', 'delete it'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / '.lock').write_text(''))),
+    Bad('grid_lock_garbage', _grid({'name': 'g', 'fixed': GBASE}), G.GridLockedError, ['.lock is corrupt (it is not JSON)'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / '.lock').write_bytes(b'\x00\x01 not a lock'))),
+    Bad('grid_lock_is_a_folder', _grid({'name': 'g', 'fixed': GBASE}), G.GridLockedError, ['.lock is corrupt (it is a folder)'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / '.lock').mkdir())),
+    Bad('grid_runs_is_a_file', _grid({'name': 'g', 'fixed': GBASE}), ValueError, ['runs', 'is not a folder'],
+        setup=lambda t: (_existing_grid(t), shutil.rmtree(t / 'outputs' / 'g' / 'runs'), (t / 'outputs' / 'g' / 'runs').write_text('x'))),
+    Bad('grid_runs_is_a_symlink', _grid({'name': 'g', 'fixed': GBASE}), ValueError, ['runs', 'is a symbolic link'],
+        setup=lambda t: (_existing_grid(t), (t / 'elsewhere').mkdir(), shutil.rmtree(t / 'outputs' / 'g' / 'runs'),
+                         (t / 'outputs' / 'g' / 'runs').symlink_to(t / 'elsewhere'))),
+    Bad('grid_cell_folder_is_a_file', _grid({'name': 'g', 'fixed': GBASE}), ValueError, ['run folder', G.expand_cells({'name': 'g', 'fixed': GBASE})[0].id, 'is not a folder'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / 'runs' / G.expand_cells({'name': 'g', 'fixed': GBASE})[0].id).write_text('x'))),
+    Bad('grid_cell_folder_is_a_symlink', _grid({'name': 'g', 'fixed': GBASE}), ValueError, ['run folder', 'is a symbolic link'],
+        setup=lambda t: (_existing_grid(t), (t / 'elsewhere').mkdir(),
+                         (t / 'outputs' / 'g' / 'runs' / G.expand_cells({'name': 'g', 'fixed': GBASE})[0].id).symlink_to(t / 'elsewhere'))),
+    Bad('grid_json_is_a_folder', _grid({'name': 'g', 'fixed': GBASE}), ValueError, ['grid.json', 'is a folder or a link'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / 'grid.json').unlink(), (t / 'outputs' / 'g' / 'grid.json').mkdir())),
+    Bad('grid_summary_is_a_folder', _grid({'name': 'g', 'fixed': GBASE}), ValueError, ['summary.csv', 'is a folder or a link'],
+        setup=lambda t: (_existing_grid(t), (t / 'outputs' / 'g' / 'summary.csv').unlink(), (t / 'outputs' / 'g' / 'summary.csv').mkdir())),
 ]
 
 
-@pytest.mark.parametrize('case', [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=f'BUG: {c.bug}')] if c.bug else [])
-                                  for c in CATALOGUE])
+_dupes = sorted({c.id for c in CATALOGUE if [d.id for d in CATALOGUE].count(c.id) > 1})
+if _dupes: raise ValueError(f'CATALOGUE ids must be distinct (each names one case in the report): {_dupes}')  # at collection
+
+
+@pytest.mark.parametrize('case', [pytest.param(c, id=c.id) for c in CATALOGUE])
 def test_bad_input_fails_clearly_and_writes_nothing(case, tmp_path, monkeypatch):
     (tmp_path / 'cwd').mkdir()
     monkeypatch.chdir(tmp_path / 'cwd')  # anything written relative to the working directory is seen too
@@ -315,10 +392,6 @@ def test_bad_input_fails_clearly_and_writes_nothing(case, tmp_path, monkeypatch)
         assert frag.format(tmp=tmp_path) in msg, f'{frag!r} not in the message: {msg}'
     changes = diff(before, snapshot(tmp_path))  # outputs/ and the cache absent (or as the setup left them), nothing else
     assert not changes, f'a failed call changed the disk: {changes}'
-
-
-def test_catalogue_is_large_and_distinct():
-    assert len(CATALOGUE) >= 25 and len({c.id for c in CATALOGUE}) == len(CATALOGUE)
 
 
 # ================================================================ 2. faults
@@ -409,14 +482,15 @@ def test_failing_cell_inside_a_grid_leaves_the_other_cells_intact(tmp_path, refe
                        {'fixed': {'dataset': 'digits', 'sparsity': 0.6}}]}  # runs after the failure
     done, bad, after = [c.id for c in G.expand_cells(spec)]
     out = tmp_path / 'out'
-    P.write_run(out / 'runs' / done, ref)  # the earlier complete result of the first cell
+    P.write_run(out / 'runs' / done, ref)  # the earlier complete result of the first cell (written from Python, no notebook)
+    RUNS.finish_run(out / 'runs' / done, done, notebook=False)
     done_before = snapshot(out / 'runs' / done)
     rep = G.run_grid(spec, out_dir=out, workers=1, progress=False)
     assert rep.skipped == [done] and list(rep.failed) == [bad] and rep.ran == [after], rep
     assert 'FileNotFoundError' in rep.failed[bad] and 'purchase100' in rep.failed[bad]
     assert not (out / 'runs' / bad / 'metrics.json').exists() and (out / 'runs' / bad / 'run.ipynb').exists()
     assert snapshot(out / 'runs' / done) == done_before  # byte for byte, same mtimes
-    assert P.is_complete(out / 'runs' / after)
+    assert RUNS.is_complete(out / 'runs' / after) and RUNS.verify_run(out / 'runs' / after) == []  # with a finished notebook
     assert load_json(out / 'runs' / after / 'params.json')['params']['sparsity'] == 0.6
     mine = P.run_cell(progress=False, cache_dir=str(cache), **{**TINY, 'sparsity': 0.6})  # what that cell computes
     assert canon(load_json(out / 'runs' / after / 'metrics.json')) == canon(json.loads(json.dumps(mine.metrics)))
@@ -442,16 +516,17 @@ def test_error_while_writing_a_run_folder_leaves_no_metrics(fail, previous, tmp_
     run = tmp_path / 'run'
     if previous:
         P.write_run(run, res)
-        assert P.is_complete(run)
+        assert RUNS.verify_run(run, res.provenance['cell_id'], notebook=False) == []
     if fail == 'scores.npz': monkeypatch.setattr(P, 'save_arrays', _boom(fail, P.save_arrays))
     else: monkeypatch.setattr(P, 'save_json', _boom(fail, P.save_json))
     with pytest.raises(OSError, match='No space left'):
         P.write_run(run, res)
-    assert not (run / 'metrics.json').exists() and not P.is_complete(run)
+    assert not (run / 'metrics.json').exists() and 'metrics.json is missing' in RUNS.verify_run(run, notebook=False)
     assert not [p.name for p in run.iterdir() if p.name.endswith('.tmp')], 'a temp file was left behind'
     monkeypatch.undo()
     P.write_run(run, res)  # a later successful write completes the folder
-    assert P.is_complete(run) and load_json(run / 'metrics.json') == json.loads(json.dumps(res.metrics))
+    assert RUNS.verify_run(run, res.provenance['cell_id'], notebook=False) == []
+    assert load_json(run / 'metrics.json') == json.loads(json.dumps(res.metrics))
 
 
 def test_unserialisable_metric_fails_without_a_partial_metrics_file(tmp_path, reference):
@@ -459,7 +534,7 @@ def test_unserialisable_metric_fails_without_a_partial_metrics_file(tmp_path, re
     bad = P.CellResult(res.params, {**res.metrics, 'oops': object()}, res.rows, res.scores, res.provenance, res.divergence)
     with pytest.raises(TypeError, match='not JSON serialisable'):
         P.write_run(tmp_path / 'run', bad)
-    assert not P.is_complete(tmp_path / 'run')
+    assert not (tmp_path / 'run' / 'metrics.json').exists()
     assert not [p.name for p in (tmp_path / 'run').iterdir() if 'metrics' in p.name]
 
 
