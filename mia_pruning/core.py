@@ -160,6 +160,8 @@ def load_checkpoint(path, map_location='cpu') -> dict:
 
 # %% ../nbs/00_core.ipynb #c1b21732
 def _canon(o):
+    if o is None or isinstance(o, (str, bool, int)): return o  # the common case first: a cell is a flat dict of scalars
+    if isinstance(o, float): return o if math.isfinite(o) else repr(o)
     if isinstance(o, dict):
         bad = [k for k in o if not isinstance(k, str)]
         if bad: raise TypeError(f'config keys must be strings, got {bad[:3]}')
@@ -167,10 +169,8 @@ def _canon(o):
     if isinstance(o, (list, tuple)): return [_canon(v) for v in o]
     if isinstance(o, np.ndarray): return _canon(o.tolist())
     if isinstance(o, np.generic): return o.item()
-    if isinstance(o, float) and not math.isfinite(o): return repr(o)
     if isinstance(o, Path) or _is_torch_device(o): return str(o)
     if is_dataclass(o) and not isinstance(o, type): return _canon(asdict(o))
-    if o is None or isinstance(o, (str, int, float, bool)): return o
     raise TypeError(f'cannot hash a config value of type {type(o).__name__}: {o!r}')
 
 def config_hash(cfg: dict, # a JSON-like config (str keys; numbers, strings, lists, dicts, dataclasses)

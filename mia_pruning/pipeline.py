@@ -22,10 +22,11 @@ from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
 from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed
 from .divergence import divergence_summary
+from .runs import RECORD, finish_run, is_complete
 
 # %% auto #0
 __all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'effective_attacks',
-           'validate_params', 'resolve_params', 'cell_id', 'CellResult', 'run_cell', 'is_complete', 'write_run']
+           'validate_params', 'resolve_params', 'cell_id', 'CellResult', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -102,6 +103,7 @@ PARAM_RANGES = {'seed': (0, 2**32 - 1), 'num_shadows': (1, 256), 'epochs': (0, 1
                 'subsample': (0, 10**9)}
 _DEVICE_RE = re.compile(r'(auto|cpu|mps|cuda(:\d+)?)')
 
+@functools.lru_cache(maxsize=64)
 def _check_device(device: str):
     "A ValueError naming `device` unless it is well-formed and present on this machine."
     if not _DEVICE_RE.fullmatch(device.strip().lower()):
@@ -109,8 +111,25 @@ def _check_device(device: str):
     try: get_device(device)
     except (RuntimeError, ValueError) as e: raise ValueError(f'device {device!r}: {e}') from None
 
+@functools.lru_cache(maxsize=256)
+def _check_compatible(arch: str, dataset: str, method: str):
+    "arch x dataset (image-only archs on tabular data) and arch x prune method, checked on the meta-device model."
+    check_model_for(_probe_model(arch, dataset), method)
+
+_VALIDATED: dict = {}  # sorted items -> validated items; a validated dict maps to itself (a grid re-validates its cells)
+
 def validate_params(params: dict) -> dict:
     "Complete `params` with CELL_DEFAULTS and check every key, type, value and combination (ValueError otherwise)."
+    try: key = tuple(sorted(params.items()))
+    except TypeError: return _validate(params)  # an unhashable or unorderable value: the long way names it
+    hit = _VALIDATED.get(key)
+    if hit is None:
+        hit = tuple(_validate(dict(key)).items())
+        if len(_VALIDATED) > 50_000: _VALIDATED.clear()
+        _VALIDATED[key] = _VALIDATED[tuple(sorted(hit))] = hit
+    return dict(hit)
+
+def _validate(params: dict) -> dict:
     unknown = sorted(set(params) - set(CELL_DEFAULTS))
     if unknown: raise ValueError(f'unknown cell parameter(s) {unknown}; allowed: {sorted(CELL_DEFAULTS)}')
     p = {**CELL_DEFAULTS, **params}
@@ -137,9 +156,7 @@ def validate_params(params: dict) -> dict:
         raise ValueError(f"defense_param must be >= 0 (or -1 for the defense's default), got {p['defense_param']}")
     if p['defense'] != 'none': _make_defense(p)
     _check_device(p['device'])
-    model = _probe_model(p['arch'], p['dataset'])  # arch x dataset compatibility (image-only archs on tabular data)
-    for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}:
-        check_model_for(model, m)
+    for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}: _check_compatible(p['arch'], p['dataset'], m)
     effective_attacks(p)
     return p
 
@@ -226,6 +243,7 @@ def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progres
 
 def run_cell(progress: bool = True, # progress bars
              out_dir: str | Path | None = None, # also write the run folder here (as the experiment notebook does)
+             certify: bool = True, # with out_dir: verify the folder and write its completion record (a grid's driver does it instead)
              **params) -> CellResult:
     "Run one grid cell end to end (every stage cached); see CELL_DEFAULTS for the parameters."
     given = validate_params(params)
@@ -292,7 +310,9 @@ def run_cell(progress: bool = True, # progress bars
             'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id'],
             'resolved_params': p}
     result = CellResult(given, metrics, rows, scores, prov, divergence)
-    if out_dir: write_run(out_dir, result)
+    if out_dir:
+        write_run(out_dir, result)
+        if certify: finish_run(out_dir, result.provenance['cell_id'], notebook=False)
     return result
 
 def _data_provenance(ds) -> dict:
@@ -309,13 +329,10 @@ def _divergence_summary(arr: dict) -> dict:
     return out
 
 # %% ../nbs/10_pipeline.ipynb #a3fbcd49
-def is_complete(run_dir) -> bool:
-    "True when `run_dir` holds a finished run (metrics.json written)."
-    return (Path(run_dir) / 'metrics.json').is_file()
-
 def write_run(run_dir, result: CellResult) -> Path:
-    "Write the run folder of `result`; metrics.json goes last."
+    "Write the run folder of `result` (removing an old completion record first); `runs.finish_run` certifies it."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RECORD).unlink(missing_ok=True)
     (run_dir / 'metrics.json').unlink(missing_ok=True)
     save_json(run_dir / 'params.json', {'params': result.params, 'provenance': result.provenance})
     save_arrays(run_dir / 'scores.npz', **result.scores)
@@ -323,3 +340,4 @@ def write_run(run_dir, result: CellResult) -> Path:
     save_json(run_dir / 'divergence.json', result.divergence)
     save_json(run_dir / 'metrics.json', result.metrics)
     return run_dir
+

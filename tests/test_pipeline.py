@@ -33,9 +33,13 @@ def test_same_cell_twice_gives_byte_identical_metrics(tmp_path):
 
 
 def test_run_folder_is_self_describing(tiny, tmp_path):
-    res = run_cell(**tiny)
-    run = write_run(tmp_path / 'run', res)
-    assert is_complete(run)
+    res = run_cell(**tiny, out_dir=tmp_path / 'run')
+    run = tmp_path / 'run'
+    assert is_complete(run, res.provenance['cell_id'])
+    data = load_json(run / 'params.json')['provenance']['data']
+    assert data['name'] == 'digits' and data['content_hash'] and data['source']
+    write_run(run, res)                                  # rewritten, not certified: not complete until finish_run
+    assert not is_complete(run, res.provenance['cell_id'])
     params = load_json(run / 'params.json')
     assert params['params']['sparsity'] == 0.5 and params['provenance']['env']['torch']
     assert set(params['provenance']['split_hashes']) == {'victim', 'shadow0', 'shadow1'}
