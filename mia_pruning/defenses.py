@@ -19,10 +19,9 @@ from .prune import fine_tune, mask_snapshot, apply_mask, bake_masks
 
 
 # %% auto #0
-__all__ = ['DEFENSES', 'TRADEOFF_COLUMNS', 'ppb_loss', 'PPBObjective', 'LabelSmoothingObjective', 'AdvRegObjective',
-           'dp_architecture', 'dp_incompatibilities', 'DPTraining', 'dp_fine_tune', 'Defense', 'NoDefense', 'PPB',
-           'LabelSmoothing', 'AdvReg', 'DPSGD', 'make_defense', 'defended_fine_tune', 'build_defended_model',
-           'tradeoff_table', 'plot_frontier']
+__all__ = ['DEFENSES', 'ppb_loss', 'PPBObjective', 'LabelSmoothingObjective', 'AdvRegObjective', 'dp_architecture',
+           'dp_incompatibilities', 'DPTraining', 'dp_fine_tune', 'Defense', 'NoDefense', 'PPB', 'LabelSmoothing',
+           'AdvReg', 'DPSGD', 'make_defense', 'defended_fine_tune', 'build_defended_model']
 
 # %% ../nbs/08_defenses.ipynb #d2e07aee
 def _check_number(name: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -509,83 +508,3 @@ def build_defended_model(arch: str, # a key of ARCHS
     model = build_model(arch, num_classes, tuple(input_shape), seed=seed)
     return dp_architecture(model, copy_affine=False) if name == 'dpsgd' else model
 
-
-# %% ../nbs/08_defenses.ipynb #1a47372c
-TRADEOFF_COLUMNS = ('defense', 'defense_param', 'test_acc', 'measured_sparsity', 'attack', 'attack_acc', 'auc',
-                    'tpr_at_0_1pct_fpr')
-_ATTACK_METRICS = ('attack_acc', 'auc', 'tpr_at_0_1pct_fpr')
-
-def tradeoff_table(df: pd.DataFrame, # results, one row per (model, attack), with TRADEOFF_COLUMNS (and optionally seed, model_state)
-                   model_state: str | None = 'pruned', # keep rows of this model_state when that column exists (None: all)
-                   by: tuple = (), # further grouping columns (e.g. 'dataset', 'arch', 'sparsity')
-                  ) -> pd.DataFrame:
-    "Per (defense, parameter): test accuracy and the strongest attack's accuracy, AUC and TPR@0.1%FPR (mean, std over seeds)."
-    if not isinstance(df, pd.DataFrame): raise ValueError(f'df must be a pandas DataFrame, got {type(df).__name__}')
-    missing = [c for c in (*TRADEOFF_COLUMNS, *by) if c not in df.columns]
-    if missing: raise ValueError(f'df lacks column(s) {missing}; it needs {list(TRADEOFF_COLUMNS)}')
-    if model_state is not None and 'model_state' in df.columns: df = df[df['model_state'] == model_state]
-    if df.empty: raise ValueError(f'no rows to summarise (model_state={model_state!r})')
-    df = df.copy()
-    df['defense_param'] = pd.to_numeric(df['defense_param'], errors='coerce')
-    keys = ['defense', 'defense_param', *by]
-    run = keys + (['seed'] if 'seed' in df.columns else [])
-    g = df.groupby(run, dropna=False, sort=False)
-    per = g[['test_acc', 'measured_sparsity']].mean()
-    for m in _ATTACK_METRICS: per[m] = g[m].max()
-    per['best_attack'] = (df.sort_values('attack_acc', ascending=False, na_position='last', kind='stable')
-                          .groupby(run, dropna=False, sort=False)['attack'].first())
-    per = per.reset_index()
-    g2 = per.groupby(keys, dropna=False, sort=False)
-    out = g2[['test_acc', 'measured_sparsity', *_ATTACK_METRICS]].mean()
-    for m in ('test_acc', *_ATTACK_METRICS): out[f'{m}_std'] = g2[m].std()
-    out['n_seeds'] = g2.size()
-    out['best_attack'] = g2['best_attack'].agg(lambda s: s.mode().iloc[0] if s.notna().any() else None)
-    out = out.reset_index()
-    base = out[out['defense'] == 'none']
-    if len(base):
-        base = base.drop_duplicates(subset=list(by) or None, keep='first') if by else base.iloc[:1]
-        base = base[[*by, 'test_acc', 'attack_acc']].rename(columns={'test_acc': '_t0', 'attack_acc': '_a0'})
-        out = out.merge(base, on=list(by), how='left') if by else out.assign(_t0=base['_t0'].iloc[0], _a0=base['_a0'].iloc[0])
-        out['test_acc_change'], out['attack_acc_change'] = out['test_acc'] - out['_t0'], out['attack_acc'] - out['_a0']
-        out = out.drop(columns=['_t0', '_a0'])
-    out['_o'] = (out['defense'] != 'none').astype(int)
-    return out.sort_values([*by, '_o', 'defense', 'defense_param'], kind='stable').drop(columns='_o').reset_index(drop=True)
-
-def plot_frontier(df: pd.DataFrame, # results as for `tradeoff_table` (or its output)
-                  metrics: tuple = _ATTACK_METRICS, # attack metrics to plot, one panel each
-                  path: str | Path | None = None, # save the figure here (atomically)
-                  title: str | None = None, # figure title
-                  **kw, # passed to `tradeoff_table` (model_state, by)
-                 ):
-    "Test accuracy vs the strongest attack, one panel per metric, one line per defense through its parameters; the Figure."
-    import matplotlib.pyplot as plt, seaborn as sns
-    bad = [m for m in metrics if m not in _ATTACK_METRICS]
-    if bad: raise ValueError(f'unknown metric(s) {bad}; use some of {list(_ATTACK_METRICS)}')
-    tab = df if 'n_seeds' in df.columns else tradeoff_table(df, **kw)
-    names = list(dict.fromkeys(tab['defense']))
-    colors = dict(zip(names, sns.color_palette(n_colors=len(names))))
-    labels = {'attack_acc': 'strongest attack accuracy', 'auc': 'strongest attack AUC', 'tpr_at_0_1pct_fpr': 'strongest TPR @ 0.1% FPR'}
-    chance = {'attack_acc': 0.5, 'auc': 0.5, 'tpr_at_0_1pct_fpr': 0.001}
-    with sns.axes_style('whitegrid'):
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4), squeeze=False)
-        for ax, m in zip(axes[0], metrics):
-            for name in names:
-                t = tab[tab['defense'] == name].sort_values('defense_param')
-                ax.errorbar(t['test_acc'], t[m], xerr=t['test_acc_std'].fillna(0), yerr=t[f'{m}_std'].fillna(0),
-                            color=colors[name], marker='*' if name == 'none' else 'o', ms=10 if name == 'none' else 6,
-                            lw=1.2, capsize=2, label=name)
-                for _, r in t.iterrows():
-                    if pd.notna(r['defense_param']) and name != 'none':
-                        ax.annotate(f"{r['defense_param']:g}", (r['test_acc'], r[m]), textcoords='offset points',
-                                    xytext=(4, 4), fontsize=7, color=colors[name])
-            ax.axhline(chance[m], ls='--', color='grey', lw=1)
-            if m == 'tpr_at_0_1pct_fpr': ax.set_yscale('log')
-            ax.set_xlabel('test accuracy'); ax.set_ylabel(labels[m])
-        axes[0][0].legend(fontsize=8, title='defense', title_fontsize=8)
-        if title: fig.suptitle(title)
-        fig.tight_layout()
-    plt.close(fig)
-    if path is not None:
-        fmt = Path(path).suffix.lstrip('.').lower() or 'png'
-        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=150, bbox_inches='tight'))
-    return fig

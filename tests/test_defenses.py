@@ -17,7 +17,8 @@ from mia_pruning.pruned import pruned_model, save_pruned, load_pruned
 from mia_pruning.train import TrainConfig, train_model
 from mia_pruning.defenses import (DEFENSES, ppb_loss, make_defense, defended_fine_tune, DPTraining,
                                   dp_fine_tune, build_defended_model, AdvRegObjective,
-                                  LabelSmoothingObjective, PPBObjective, tradeoff_table, plot_frontier)
+                                  LabelSmoothingObjective, PPBObjective)
+from mia_pruning.report import tradeoff_table, plot_frontier
 
 
 @pytest.fixture(scope='module')
