@@ -164,7 +164,7 @@ PRESETS = {
     'quick': {'name': 'quick', 'description': "the study's four pruning methods on digits (CNN), plain vs PPB fine-tuning",
               'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9], 'defense': ['none', 'ppb']},
               'fixed': {'dataset': 'digits', 'arch': 'cnn', 'seed': 7, 'num_shadows': 3, 'attacks': 'all',
-                        'attack_epochs': 10, 'num_references': 2, 'n_boot': 100}},
+                        'attack_epochs': 10, 'num_references': 4, 'n_boot': 100}},
     'paper': {'name': 'paper', 'description': "Yuan & Zhang (2022)'s grid: 7 datasets, 4 methods, sparsity 0.5-0.9, PPB and other defenses",
               'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.6, 0.7, 0.8, 0.9], 'defense': ['none', 'ppb']},
               'fixed': {'seed': 7, 'num_shadows': 5, 'attacks': 'all'},

@@ -18,20 +18,21 @@ __all__ = ['TEMPLATE_ENV', 'template_path', 'load_template', 'kernel_guard_sourc
 TEMPLATE_ENV = 'MIA_PRUNING_TEMPLATE'
 
 def template_path(path: str | Path | None = None) -> Path:
-    "The experiment notebook: `path`, else $MIA_PRUNING_TEMPLATE, else nbs/experiment.ipynb of the package's project."
+    "The experiment notebook: `path`, else $MIA_PRUNING_TEMPLATE, else the installed package's copy, else nbs/experiment.ipynb."
     import mia_pruning
     if path is None and os.environ.get(TEMPLATE_ENV): path = os.environ[TEMPLATE_ENV]
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file(): raise FileNotFoundError(f'experiment template {str(p)!r} does not exist')
         return p
-    cands = [Path(mia_pruning.__file__).resolve().parent.parent / 'nbs' / 'experiment.ipynb']
+    pkg = Path(mia_pruning.__file__).resolve().parent
+    cands = [pkg / 'templates' / 'experiment.ipynb', pkg.parent / 'nbs' / 'experiment.ipynb']
     root = project_root()
     if root: cands.append(root / 'nbs' / 'experiment.ipynb')
     for p in cands:
         if p.is_file(): return p
     raise FileNotFoundError(f'the experiment template was not found (looked in {", ".join(map(str, cands))}); set '
-                            f'${TEMPLATE_ENV} to the path of experiment.ipynb (it ships in the repository under nbs/)')
+                            f'${TEMPLATE_ENV} to the path of experiment.ipynb (it ships in a built package and in the repository under nbs/)')
 
 def load_template(path: str | Path | None = None) -> str:
     "The template's JSON text, after checking that it has a cell tagged `parameters`."
