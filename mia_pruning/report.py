@@ -14,8 +14,8 @@ from .core import atomic_write  # core's file helpers import no torch: a report 
 __all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TRADEOFF_COLUMNS', 'read_summary_csv',
            'load_summary', 'standard_adversary', 'no_defense', 'settings', 'attack_order', 'write_file',
            'plot_vs_sparsity', 'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group',
-           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'attack_table',
-           'accuracy_table', 'attack_summary', 'make_report']
+           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'not_learned',
+           'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -379,6 +379,11 @@ def _cell_context(df: pd.DataFrame) -> pd.DataFrame:
     st.columns = [f'{a}_{b}' for a, b in st.columns]
     return df.drop_duplicates('cell_id')[keys].merge(st.reset_index(), on='cell_id')
 
+def not_learned(df: pd.DataFrame) -> pd.Series:
+    "True on rows of a learned attack that did not separate its own held-out shadow data (`converged` False)."
+    if 'converged' not in df: return pd.Series(False, index=df.index)
+    return df['converged'].astype(str).str.strip().str.lower().isin(['false', '0', '0.0'])
+
 def _label_defense(ctx: pd.DataFrame) -> pd.Series:
     d = ctx['defense'].astype(str)
     if 'defense_param' in ctx: d = d + np.where((ctx['defense'] != 'none') & (ctx['defense_param'] >= 0), ' (' + ctx['defense_param'].map(lambda v: f'{v:g}') + ')', '')
@@ -399,13 +404,16 @@ def attack_table(df: pd.DataFrame, metric: str = 'attack_acc') -> str:
         t['measured sparsity'] = ctx.get('measured_sparsity_pruned')
         t['test acc dense'], t['test acc pruned'] = ctx.get('test_acc_dense'), ctx.get('test_acc_pruned')
         piv = sub.pivot_table(index='cell_id', columns=['attack', 'model_state'], values=metric, aggfunc='mean')
+        flag = sub.assign(_nl=not_learned(sub)).pivot_table(index='cell_id', columns=['attack', 'model_state'], values='_nl', aggfunc='max')
+        mark = lambda a, st: flag.get((a, st), pd.Series(dtype=bool)).reindex(ctx['cell_id']).fillna(False).astype(bool).to_numpy()
         for a in attack_order(sub['attack']):
             dv = piv.get((a, 'dense'), pd.Series(dtype=float)).reindex(ctx['cell_id']).to_numpy()
             pv = piv.get((a, 'pruned'), pd.Series(dtype=float)).reindex(ctx['cell_id']).to_numpy()
-            t[a] = [f'{_fmt(x)} → {_fmt(y)}' for x, y in zip(dv, pv)]
+            t[a] = [f'{_fmt(x)}{"†" if fd else ""} → {_fmt(y)}{"†" if fp else ""}' for x, y, fd, fp in zip(dv, pv, mark(a, 'dense'), mark(a, 'pruned'))]
         ns = sorted(set(ctx['num_shadows'])) if 'num_shadows' in ctx else []
         out.append(f'### {dataset} / {arch}' + (f" ({', '.join(map(str, ns))} shadows)" if ns else '') + '\n\n'
-                   + f'{METRIC_LABELS.get(metric, metric)}, dense victim → pruned victim, per attack\n\n' + md_table(t))
+                   + f'{METRIC_LABELS.get(metric, metric)}, dense victim → pruned victim, per attack '
+                   + '(† a learned attack that did not separate its own held-out shadow data: not a result)\n\n' + md_table(t))
     return '\n'.join(out)
 
 def accuracy_table(df: pd.DataFrame) -> str:
@@ -420,15 +428,28 @@ def accuracy_table(df: pd.DataFrame) -> str:
     return md_table(t)
 
 def attack_summary(df: pd.DataFrame) -> pd.DataFrame:
-    "Per setting and attack: mean attack accuracy / AUC / TPR@0.1%FPR over undefended cells, dense and pruned."
+    "Per setting and attack: mean attack accuracy / AUC / TPR@0.1%FPR over undefended cells, dense and pruned (attacks that did not learn left out)."
     sub = df[standard_adversary(df) & no_defense(df)]
+    left_out = sub[not_learned(sub)].groupby(['dataset', 'arch', 'attack']).size().rename('rows not learned (left out)')
+    sub = sub[~not_learned(sub)]
     ms = [m for m in ('attack_acc', 'auc', 'tpr_at_0_1pct_fpr') if m in sub]
     t = sub.pivot_table(index=['dataset', 'arch', 'attack'], columns='model_state', values=ms, aggfunc='mean')
     t.columns = [f'{m} {s}' for m, s in t.columns]
     t = t.reset_index()
     if 'attack_acc pruned' in t and 'attack_acc dense' in t: t['attack_acc change'] = t['attack_acc pruned'] - t['attack_acc dense']
+    t = t.merge(left_out.reset_index(), on=['dataset', 'arch', 'attack'], how='outer').fillna({'rows not learned (left out)': 0})
     t['_o'] = t['attack'].map({a: i for i, a in enumerate(attack_order(t['attack']))})
     return t.sort_values(['dataset', 'arch', '_o']).drop(columns='_o').reset_index(drop=True)
+
+def epsilon_table(df: pd.DataFrame) -> pd.DataFrame:
+    "Per setting, model state and attack: the largest empirical epsilon any cell's attack proves, beside the DP accountant's."
+    if 'empirical_epsilon' not in df: raise ValueError('the summary has no empirical_epsilon column (grids before this version)')
+    keys = ['dataset', 'arch', 'defense', 'model_state', 'attack']
+    g = df.groupby(keys, sort=False)
+    t = g['empirical_epsilon'].agg(['max', 'mean', 'count']).rename(columns={'max': 'empirical eps (max)', 'mean': 'empirical eps (mean)', 'count': 'cells'})
+    if 'epsilon' in df: t['accountant eps (min)'] = g['epsilon'].min()
+    if 'empirical_epsilon_delta' in df: t['delta'] = g['empirical_epsilon_delta'].max()
+    return t.reset_index()
 
 # %% ../nbs/12_report.ipynb #30bc1175
 def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and runs/)
@@ -465,4 +486,11 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
         if not parts: raise ValueError('no defended cells')
         return table('defenses', '\n'.join(parts))
     attempt('defenses', dtab)
+    attempt('epsilon', lambda: table('epsilon', '### Empirical epsilon (a lower bound any DP guarantee must meet) per attack and model state\n\n'
+                                      + md_table(epsilon_table(df).dropna(axis=1, how='all'))))
+    if (out_dir / 'runs').is_dir():  # who becomes exposed: per-sample scores live in the run folders
+        def exposure_page():
+            from mia_pruning.exposure import write_exposure_report
+            return write_exposure_report(out_dir, out_dir / 'exposure')
+        attempt('exposure', exposure_page)
     return {'written': written, 'skipped': skipped}

@@ -36,7 +36,8 @@ def summary(seeds=(7,)):
                                              model_state=st, attack=a, attack_acc=v, auc=v + 0.05, tpr_at_1pct_fpr=v / 10,
                                              tpr_at_0_1pct_fpr=v / 100, measured_sparsity=0.0 if st == 'dense' else s,
                                              test_acc=0.96 if st == 'dense' else 0.96 - s / 10 - 0.02 * (d == 'ppb'),
-                                             train_acc=1.0, cell_id=cid))
+                                             train_acc=1.0, cell_id=cid, empirical_epsilon=0.05 * (st == 'pruned'),
+                                             empirical_epsilon_delta=1e-3))
     return pd.DataFrame(rows)
 
 
@@ -51,8 +52,12 @@ def grid_dir(tmp_path):
         m = np.arange(300) < 150
         arrays.update({f'{st}__is_member': m, f'{st}__labels': np.arange(300) % 3,
                        f'{st}__py': np.clip(rng.uniform(0.3, 0.8, 300) + shift * m, 0, 1),
-                       f'{st}__sy': rng.uniform(0, 1, 300)})
-    save_arrays(out / 'runs' / 'c-l1_unstructured-0.7-none-7' / 'scores.npz', **arrays)
+                       f'{st}__sy': rng.uniform(0, 1, 300), f'{st}__index': np.arange(300)})
+        arrays[f'{st}__score__conf'] = arrays[f'{st}__py']
+    run = out / 'runs' / 'c-l1_unstructured-0.7-none-7'
+    save_arrays(run / 'scores.npz', **arrays)
+    save_json(run / 'params.json', {'params': dict(dataset='digits', arch='cnn', prune_method='l1_unstructured', sparsity=0.7,
+                                                   defense='none', adaptive=False, seed=7, subsample=0), 'provenance': {}})
     return out
 
 
@@ -64,7 +69,7 @@ def test_make_report_writes_every_figure_and_table(grid_dir):
     for f in figs:
         with Image.open(grid_dir / 'figures' / f) as im: assert im.size[0] > 300 and im.size[1] > 200
     tabs = sorted(p.name for p in (grid_dir / 'tables').iterdir())
-    assert tabs == ['attack_accuracy.md', 'attack_summary.md', 'defenses.md', 'test_accuracy.md']
+    assert tabs == ['attack_accuracy.md', 'attack_summary.md', 'defenses.md', 'epsilon.md', 'test_accuracy.md']
     # a second report replaces the files in place and leaves no temporary file behind
     R.make_report(grid_dir)
     assert sorted(p.name for p in (grid_dir / 'figures').iterdir()) == figs
@@ -149,7 +154,7 @@ def test_report_reads_collected_run_folders_and_never_runs_a_model(tmp_path, mon
         finish_run(rd, notebook=False)
     df = collect(out)
     res = R.make_report(out)
-    assert len(df) == len(summary()) and set(res['skipped']) == {'divergence'}
+    assert len(df) == len(summary()) and set(res['skipped']) == {'divergence', 'exposure'}  # their scores.npz hold no per-sample scores
     key = ['cell_id', 'model_state', 'attack']
     pd.testing.assert_frame_equal(
         pd.read_csv(out / 'summary.csv')[key + ['attack_acc']].sort_values(key).reset_index(drop=True),
@@ -164,9 +169,12 @@ def test_report_module_imports_without_torch():
     assert r.returncode == 0, r.stderr
 
 
-def test_make_report_from_summary_csv_runs_without_torch(grid_dir):
+def test_make_report_from_summary_csv_runs_without_torch(tmp_path):
+    "Every figure and table drawn from summary.csv alone (no run folders: the per-sample pages need the data pool, hence torch)."
     import subprocess, sys
-    code = (f"import sys; from mia_pruning.report import make_report; r = make_report({str(grid_dir)!r}); assert r['written'], r\n"
+    grid_dir = tmp_path / 'g'; grid_dir.mkdir()
+    summary().to_csv(grid_dir / 'summary.csv', index=False)
+    code = (f"import sys; from mia_pruning.report import make_report; r = make_report({str(grid_dir)!r}); assert len(r['written']) >= 7, r\n"
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); assert not loaded, loaded[:5]")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
