@@ -11,11 +11,12 @@ import pandas as pd
 from .core import atomic_write  # core's file helpers import no torch: a report needs none
 
 # %% auto #0
-__all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TRADEOFF_COLUMNS', 'read_summary_csv',
-           'load_summary', 'standard_adversary', 'no_defense', 'settings', 'attack_order', 'write_file',
-           'plot_vs_sparsity', 'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group',
-           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'not_learned',
-           'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table', 'make_report']
+__all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TPR_COLUMNS', 'FAMILIES', 'TRADEOFF_COLUMNS',
+           'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense', 'settings',
+           'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family', 'plot_headline',
+           'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group', 'plot_defense_frontier',
+           'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'attack_table', 'accuracy_table',
+           'attack_summary', 'epsilon_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -58,6 +59,11 @@ def load_summary(src: str | Path | pd.DataFrame, # a grid folder, a summary.csv 
     bad = sorted(set(df['model_state'].dropna()) - {'dense', 'pruned'})
     if bad: raise ValueError(f"{name}: unknown model_state value(s) {bad}; expected 'dense' and 'pruned'")
     return df
+
+def not_learned(df: pd.DataFrame) -> pd.Series:
+    "True on rows of a learned attack that did not separate its own held-out shadow data (`converged` False)."
+    if 'converged' not in df: return pd.Series(False, index=df.index)
+    return df['converged'].astype(str).str.strip().str.lower().isin(['false', '0', '0.0'])
 
 def standard_adversary(df: pd.DataFrame) -> pd.Series:
     "Rows of the study's adversary: shadows pruned like the victim (same method and sparsity), not dense shadows."
@@ -108,7 +114,7 @@ def _one_setting(df, dataset, arch):
 def plot_vs_sparsity(df: pd.DataFrame, # a summary (see `load_summary`)
                      dataset: str | None = None, # the setting to draw (needed when the summary has several)
                      arch: str | None = None,
-                     metrics: tuple = ('attack_acc', 'tpr_at_0_1pct_fpr'), # one row of panels each
+                     metrics: tuple = ('attack_acc', 'tpr'), # one row of panels each ('tpr': the finest TPR column the data resolves)
                      attacks: list | None = None, # attacks to draw (default: all present)
                      path: str | Path | None = None, # save the figure here (atomically)
                     ):
@@ -117,6 +123,8 @@ def plot_vs_sparsity(df: pd.DataFrame, # a summary (see `load_summary`)
     sub, dataset, arch = _one_setting(df, dataset, arch)
     sub = sub[standard_adversary(sub) & no_defense(sub)]
     if sub.empty: raise ValueError(f'{dataset}/{arch}: no undefended rows with the standard adversary to draw')
+    sub = sub[~not_learned(sub)]  # a learned attack that did not learn is not drawn as a result
+    metrics = tuple(resolvable_tpr(sub) if m == 'tpr' else m for m in metrics)
     bad = [m for m in metrics if m not in sub.columns]
     if bad: raise ValueError(f'unknown metric column(s) {bad}; available: {[m for m in METRIC_LABELS if m in sub.columns]}')
     names = attack_order(attacks or sub['attack'])
@@ -150,6 +158,80 @@ def plot_vs_sparsity(df: pd.DataFrame, # a summary (see `load_summary`)
         handles.append(Line2D([], [], color='k', ls='--', lw=1)); labels.append('dense victim')
         fig.legend(handles, labels, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
         fig.suptitle(f'{dataset} / {arch}: attacks on the pruned victim (solid) vs the dense one (dashed)')
+        fig.tight_layout()
+    plt.close(fig)
+    return _save(fig, path)
+
+TPR_COLUMNS = ('tpr_at_0_1pct_fpr', 'tpr_at_1pct_fpr')  # finest first
+
+def resolvable_tpr(df: pd.DataFrame) -> str:
+    "The finest TPR-at-FPR column of `df` that holds numbers (a TPR below the FPR floor is NaN: never drawn)."
+    for c in TPR_COLUMNS:
+        if c in df and df[c].notna().any(): return c
+    raise ValueError(f'no TPR column of {TPR_COLUMNS} holds a number: the victims are too small for any of those FPR levels')
+
+# the families of the headline figure: a reader compares the strongest of each, not thirteen lines
+FAMILIES = {'threshold': ['gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'loss'],
+            'learned': ['nn', 'nn_top3', 'nn_cls', 'samia'],
+            'reference-model': ['lira_offline', 'lira_online', 'rmia']}
+
+def strongest_per_family(df: pd.DataFrame, metric: str = 'auc') -> dict:
+    "Per family, the attack with the highest mean `metric` on the pruned victims of `df` (learned ones only where they learned)."
+    sub = df[(df['model_state'] == 'pruned') & ~not_learned(df)]
+    out = {}
+    for fam, names in FAMILIES.items():
+        means = sub[sub['attack'].isin(names)].groupby('attack')[metric].mean().dropna()
+        if len(means): out[fam] = means.idxmax()
+    return out
+
+def _interval(g: pd.DataFrame, m: str):
+    "Mean per sparsity and a 95% band: a t-interval over seeds when there are several, else the cells' bootstrap interval."
+    from scipy.stats import t as student_t
+    mean = g.groupby('sparsity')[m].mean()
+    n = g.groupby('sparsity')['seed'].nunique() if 'seed' in g else pd.Series(1, index=mean.index)
+    if (n > 1).all():
+        half = g.groupby('sparsity')[m].std() / np.sqrt(n) * student_t.ppf(0.975, n - 1)
+        return mean, mean - half, mean + half
+    if f'{m}_lo' in g and g[f'{m}_lo'].notna().all():
+        return mean, g.groupby('sparsity')[f'{m}_lo'].mean(), g.groupby('sparsity')[f'{m}_hi'].mean()
+    return mean, None, None
+
+def plot_headline(df: pd.DataFrame, # a summary
+                  dataset: str | None = None, arch: str | None = None,
+                  metric: str = 'auc', # 'auc' or 'attack_acc'
+                  path: str | Path | None = None,
+                 ):
+    "Per pruning method, the strongest attack of each family, pruned (solid) vs dense (dashed), with 95% bands; the Figure."
+    import matplotlib.pyplot as plt, seaborn as sns
+    sub, dataset, arch = _one_setting(df, dataset, arch)
+    sub = sub[standard_adversary(sub) & no_defense(sub) & ~not_learned(sub)]
+    if sub.empty: raise ValueError(f'{dataset}/{arch}: no undefended rows with the standard adversary to draw')
+    best = strongest_per_family(sub, metric)
+    methods = list(dict.fromkeys(sub['prune_method']))
+    colors = dict(zip(FAMILIES, sns.color_palette('colorblind', n_colors=len(FAMILIES))))
+    n_seeds = int(sub['seed'].nunique()) if 'seed' in sub else 1
+    with sns.axes_style('whitegrid'):
+        fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods) + 2.2, 3.4), squeeze=False, sharey=True)
+        for j, meth in enumerate(methods):
+            ax, s = axes[0][j], sub[sub['prune_method'] == meth]
+            for fam, a in best.items():
+                g = s[s['attack'] == a]
+                for state, ls in (('pruned', '-'), ('dense', '--')):
+                    gs = g[g['model_state'] == state]
+                    if gs.empty: continue
+                    mean, lo, hi = _interval(gs, metric)
+                    ax.plot(mean.index, mean.values, ls=ls, marker='o' if state == 'pruned' else None, ms=4, lw=1.6,
+                            color=colors[fam], label=f'{fam}: {a}' if state == 'pruned' else None)
+                    if lo is not None: ax.fill_between(mean.index, lo, hi, color=colors[fam], alpha=0.15 if state == 'pruned' else 0.07, lw=0)
+            ax.axhline(0.5, color='grey', lw=0.8, ls=':')
+            ax.set_title(meth); ax.set_xlabel('sparsity')
+            if j == 0: ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        from matplotlib.lines import Line2D
+        handles += [Line2D([], [], color='k', lw=1.6), Line2D([], [], color='k', ls='--', lw=1.6)]; labels += ['pruned victim', 'dense victim']
+        fig.legend(handles, labels, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+        band = 't-interval over seeds' if n_seeds > 1 else 'bootstrap interval over samples'
+        fig.suptitle(f'{dataset} / {arch}: the strongest attack of each family, dense vs pruned ({n_seeds} seed(s); bands: 95% {band})')
         fig.tight_layout()
     plt.close(fig)
     return _save(fig, path)
@@ -379,11 +461,6 @@ def _cell_context(df: pd.DataFrame) -> pd.DataFrame:
     st.columns = [f'{a}_{b}' for a, b in st.columns]
     return df.drop_duplicates('cell_id')[keys].merge(st.reset_index(), on='cell_id')
 
-def not_learned(df: pd.DataFrame) -> pd.Series:
-    "True on rows of a learned attack that did not separate its own held-out shadow data (`converged` False)."
-    if 'converged' not in df: return pd.Series(False, index=df.index)
-    return df['converged'].astype(str).str.strip().str.lower().isin(['false', '0', '0.0'])
-
 def _label_defense(ctx: pd.DataFrame) -> pd.Series:
     d = ctx['defense'].astype(str)
     if 'defense_param' in ctx: d = d + np.where((ctx['defense'] != 'none') & (ctx['defense_param'] >= 0), ' (' + ctx['defense_param'].map(lambda v: f'{v:g}') + ')', '')
@@ -470,6 +547,7 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
         p = figs / f'{name}.png'; draw(p); return p
     for dataset, arch in settings(df):
         tag = f'{dataset}_{arch}'
+        attempt(f'headline_{tag}', lambda: figure(f'headline_{tag}', lambda p: plot_headline(df, dataset, arch, path=p)))
         attempt(f'attack_vs_sparsity_{tag}', lambda: figure(f'attack_vs_sparsity_{tag}', lambda p: plot_vs_sparsity(df, dataset, arch, path=p)))
         attempt(f'attacks_{tag}', lambda: figure(f'attacks_{tag}', lambda p: plot_attacks(df, dataset, arch, path=p)))
         attempt(f'defense_frontier_{tag}', lambda: figure(f'defense_frontier_{tag}', lambda p: plot_defense_frontier(df, dataset, arch, path=p)))

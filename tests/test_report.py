@@ -65,7 +65,7 @@ def test_make_report_writes_every_figure_and_table(grid_dir):
     res = R.make_report(grid_dir)
     assert res['skipped'] == {}, res['skipped']
     figs = sorted(p.name for p in (grid_dir / 'figures').iterdir())
-    assert figs == ['attack_vs_sparsity_digits_cnn.png', 'attacks_digits_cnn.png', 'defense_frontier_digits_cnn.png', 'divergence.png']
+    assert figs == ['attack_vs_sparsity_digits_cnn.png', 'attacks_digits_cnn.png', 'defense_frontier_digits_cnn.png', 'divergence.png', 'headline_digits_cnn.png']
     for f in figs:
         with Image.open(grid_dir / 'figures' / f) as im: assert im.size[0] > 300 and im.size[1] > 200
     tabs = sorted(p.name for p in (grid_dir / 'tables').iterdir())
