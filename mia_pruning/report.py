@@ -124,7 +124,7 @@ def plot_vs_sparsity(df: pd.DataFrame, # a summary (see `load_summary`)
     sub = sub[standard_adversary(sub) & no_defense(sub)]
     if sub.empty: raise ValueError(f'{dataset}/{arch}: no undefended rows with the standard adversary to draw')
     sub = sub[~not_learned(sub)]  # a learned attack that did not learn is not drawn as a result
-    metrics = tuple(resolvable_tpr(sub) if m == 'tpr' else m for m in metrics)
+    metrics = tuple(c for c in (resolvable_tpr(sub, required=False) if m == 'tpr' else m for m in metrics) if c)  # no TPR row when none resolves
     bad = [m for m in metrics if m not in sub.columns]
     if bad: raise ValueError(f'unknown metric column(s) {bad}; available: {[m for m in METRIC_LABELS if m in sub.columns]}')
     names = attack_order(attacks or sub['attack'])
@@ -164,10 +164,11 @@ def plot_vs_sparsity(df: pd.DataFrame, # a summary (see `load_summary`)
 
 TPR_COLUMNS = ('tpr_at_0_1pct_fpr', 'tpr_at_1pct_fpr')  # finest first
 
-def resolvable_tpr(df: pd.DataFrame) -> str:
+def resolvable_tpr(df: pd.DataFrame, required: bool = True) -> str | None:
     "The finest TPR-at-FPR column of `df` that holds numbers (a TPR below the FPR floor is NaN: never drawn)."
     for c in TPR_COLUMNS:
         if c in df and df[c].notna().any(): return c
+    if not required: return None
     raise ValueError(f'no TPR column of {TPR_COLUMNS} holds a number: the victims are too small for any of those FPR levels')
 
 # the families of the headline figure: a reader compares the strongest of each, not thirteen lines

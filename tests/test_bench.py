@@ -65,7 +65,8 @@ def quick_template(path):
         'import json, pathlib\n'
         f'p = {{k: globals()[k] for k in {list(CELL_DEFAULTS)!r}}}\n'
         'd = pathlib.Path(out_dir)\n'
-        "(d / 'params.json').write_text(json.dumps({'params': p}))\n"
+        "(d / 'params.json').write_text(json.dumps({'params': p, 'provenance': {'cell_id': d.name}}))\n"
+        "import numpy as np; np.savez(d / 'scores.npz', dense__is_member=np.array([True, False]))\n"
         "(d / 'rows.json').write_text(json.dumps([dict(p, model_state='dense', attack='conf', attack_acc=0.5)]))\n"
         "(d / 'metrics.json').write_text(json.dumps({'dense/conf/attack_acc': 0.5}))")
     nb.cells = [params, body]

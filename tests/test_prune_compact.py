@@ -7,21 +7,7 @@ from torch import nn
 from mia_pruning.models import build_model
 from mia_pruning.prune import prune_model
 from mia_pruning.compact import compact_model, compare_inference, find_constant_channels
-
-
-def trained_looking(arch, seed=0):
-    "A model whose BatchNorms have distinct, trained-looking scales and statistics (untrained ones all have gamma 1)."
-    m = build_model(arch, 10, SHAPES[arch], seed=seed).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for b in m.modules():
-            if isinstance(b, nn.BatchNorm2d):
-                b.weight.uniform_(0, 1, generator=g); b.bias.uniform_(-.5, .5, generator=g)
-                b.running_mean.uniform_(-.5, .5, generator=g); b.running_var.uniform_(.5, 2, generator=g)
-    return m
-
-
-SHAPES = {'resnet20': (3, 32, 32), 'cnn': (1, 8, 8)}
+from test_prune import SHAPES, trained_looking  # one definition of the test models
 
 
 @pytest.mark.parametrize('method', ['l1_structured', 'slimming'])

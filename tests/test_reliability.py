@@ -457,7 +457,7 @@ def test_truncated_cache_file_is_detected_and_rebuilt_by_the_pipeline(kind, tmp_
     others = {e: snapshot(cache / k / e) for k, names in entries(cache).items() for e in names if e != entry.name}
     with pytest.warns(UserWarning, match=f'cache entry .*{entry.name} is corrupt or incomplete; rebuilding it'):
         if kind == 'splits':  # through get_splits itself, then the whole cell
-            s = get_splits('digits', 1797, seed=7, num_shadows=TINY['num_shadows'], cache=ArtifactCache(cache))
+            s = get_splits(load_dataset('digits'), 1797, seed=7, num_shadows=TINY['num_shadows'], cache=ArtifactCache(cache))  # keyed on the content, as the cell
             assert s.victim.sizes() == tuple(ref.provenance['split_sizes']['victim'])
         elif kind == 'dense_model':  # through dense_models itself, then the whole cell
             from mia_pruning.train import default_train_config
