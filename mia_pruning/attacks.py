@@ -29,9 +29,9 @@ __all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MI
            'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model', 'member_probability',
            'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval', 'lira_valid',
            'lira_scores', 'rmia_valid', 'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin',
-           'qmia_min_population', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements',
-           'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models',
-           'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
+           'qmia_min_population', 'two_release_features', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks',
+           'check_requirements', 'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data',
+           'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -419,6 +419,32 @@ def qmia_min_population(alpha: float) -> int:
     return int(math.ceil(5 / alpha))
 
 
+# %% ../nbs/06_attacks.ipynb #ad0bb29f
+def _ref_z(d: AttackData) -> np.ndarray:
+    "Each record's offline-LiRA z-score of its logit-scaled confidence against its OUT references (pooled variance); 0 without."
+    if d.ref_lsc is None: return np.zeros(len(d))
+    n_out, mu, ss = _group_stats(d.ref_lsc, ~d.ref_in)
+    ok = n_out > 0
+    sd = math.sqrt(ss[ok].sum() / max(int((n_out[ok] - 1).sum()), 1)) if ok.any() else 1.0
+    return np.where(ok, (d.lsc - mu) / max(sd, 1e-6), 0.0)
+
+def two_release_features(d: AttackData) -> np.ndarray:
+    "(n, 6): the other (dense) release's and this (pruned) release's confidence, their difference, and the same for LiRA z-scores."
+    if d.other is None: raise ValueError('two_release_features needs AttackData.other: the same records scored by the other release')
+    o = d.other
+    zd, zp = _ref_z(o), _ref_z(d)
+    return np.stack([o.lsc, d.lsc, d.lsc - o.lsc, zd, zp, zp - zd], 1)
+
+def _two_release(shadow: AttackData, target: AttackData, ctx: AttackContext, C: float = 1.0):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight='balanced', max_iter=2000))
+    clf.fit(two_release_features(shadow), shadow.is_member)
+    s = clf.decision_function(two_release_features(target))
+    return s, s >= 0, {'coef': [float(c) for c in clf[-1].coef_.ravel()], 'num_refs': target.num_refs}
+
+
 # %% ../nbs/06_attacks.ipynb #573c1e26
 @dataclass
 class AttackContext:
@@ -522,7 +548,7 @@ class Attack:
     "A registered attack: its function, kind, requirements and reference."
     name: str
     fn: Callable
-    kind: str  # 'threshold' | 'learned' | 'reference' | 'quantile'
+    kind: str  # 'threshold' | 'learned' | 'reference' | 'quantile' | 'two_release'
     citation: str
     needs_sensitivity: bool = False
     options: tuple = ()  # option names accepted through run_attacks(options={name: {...}})
@@ -547,6 +573,7 @@ ATTACKS = {a.name: a for a in [
     _attack('lira_online', _lira(True), 'reference', 'Carlini et al. 2022'),
     _attack('rmia', _rmia, 'reference', 'Zarifzadeh et al. 2024'),
     _attack('qmia', _qmia, 'quantile', 'Bertran et al. 2023'),
+    _attack('two_release', _two_release, 'two_release', 'CompLeak-style two-release adversary (this package)'),
 ]}
 
 
@@ -609,6 +636,11 @@ def check_requirements(name: str, shadow: AttackData, target: AttackData, option
                              f'{len(target)} target samples fall short (IN per sample: {n_in.min()}-{n_in.max()}, '
                              f'OUT: {n_out.min()}-{n_out.max()})')
     if name == 'qmia': _check_qmia(target, opts)
+    if name == 'two_release':
+        miss = [side for side, d in (('shadow', shadow), ('target', target)) if d.other is None]
+        if miss: raise ValueError(f'two_release needs the same records scored by both releases (AttackData.other) on {miss}: '
+                                  'the pipeline attaches them when the shadows are dense + pruned pairs (dense_shadows=False)')
+        if not opts.get('C', 1.0) > 0: raise ValueError(f"two_release option C must be positive, got {opts['C']}")
     if name == 'rmia':
         if not 0 <= opts.get('a', 0.3) <= 1: raise ValueError(f"rmia option a must lie in [0, 1], got {opts['a']}")
         if not opts.get('gamma', 1.0) > 0: raise ValueError(f"rmia option gamma must be positive, got {opts['gamma']}")
@@ -657,7 +689,9 @@ def run_attacks(names, # 'all', an attack name, a comma-separated string or a li
                 epsilon_delta: float = 0.0, # delta of the empirical-epsilon lower bound in each attack's metrics
                ) -> dict[str, AttackResult]:
     "Run the named attacks (fitted on `shadow`) against `target`; a dict name -> `AttackResult`."
+    every = isinstance(names, str) and names.strip().lower() == 'all'
     names = resolve_attacks(names)
+    if every and (shadow.other is None or target.other is None): names = [n for n in names if n != 'two_release']  # 'all' of one release
     if attack_recipe not in ATTACK_RECIPES: raise ValueError(f'unknown attack_recipe {attack_recipe!r}; known: {list(ATTACK_RECIPES)}')
     if attack_check not in ATTACK_CHECKS: raise ValueError(f'unknown attack_check {attack_check!r}; known: {list(ATTACK_CHECKS)}')
     if not 0 <= epsilon_delta < 1: raise ValueError(f'epsilon_delta must lie in [0, 1), got {epsilon_delta!r}')

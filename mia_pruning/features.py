@@ -211,6 +211,7 @@ class AttackData:
     pop_labels: np.ndarray | None = None  # (G, Z) the population samples' true classes
     pop_inputs: np.ndarray | None = None  # (G, Z, d) float32: the population samples' input representation
     atol: float = 1e-4  # tolerance of the row sums of `probs`
+    other: 'AttackData | None' = None  # the same records scored by the other release (the two-release adversary: dense and pruned)
 
     def __post_init__(self):
         p = _arr(self.probs, np.float64)
@@ -257,6 +258,7 @@ class AttackData:
             self.inputs = xi
         self._check_refs(n)
         self._check_population(n)
+        if self.other is not None: self.with_other(self.other)
 
     def _check_refs(self, n):
         given = {k: getattr(self, k) for k in ('ref_lsc', 'ref_py', 'ref_in') if getattr(self, k) is not None}
@@ -340,6 +342,17 @@ class AttackData:
         for k in _ROWS + ('group',):
             if kw[k] is not None: kw[k] = kw[k][sel]
         return AttackData(**kw)
+
+    def with_other(self, other: 'AttackData') -> 'AttackData':
+        "Attach `other`: the same records (same labels and membership, in the same order) as scored by another release."
+        if not isinstance(other, AttackData): raise ValueError(f'other must be an AttackData, got {type(other).__name__}')
+        if len(other) != len(self) or not (np.array_equal(other.labels, self.labels) and np.array_equal(other.is_member, self.is_member)):
+            raise ValueError(f'other must hold the same {len(self)} records (labels and membership in the same order); got {len(other)} '
+                             'records that differ')
+        if self.index is not None and other.index is not None and not np.array_equal(self.index, other.index):
+            raise ValueError('other must hold the same records: their dataset indices differ')
+        self.other = other
+        return self
 
     @classmethod
     def concat(cls, parts: Sequence['AttackData']) -> 'AttackData':

@@ -91,6 +91,10 @@ def effective_attacks(p: dict) -> tuple[list[str], dict]:
         if explicit: raise ValueError(f"lira_offline needs at least 2 OUT reference models per sample; num_shadows={p['num_shadows']} "
                                       f"and num_references={p['num_references']} give fewer")
         skipped['lira_offline'] = 'fewer than 2 OUT reference models'
+    if 'two_release' in names and p['dense_shadows']:
+        if explicit: raise ValueError('two_release needs shadows that are dense + pruned pairs; with dense_shadows=True the adversary '
+                                      'has no pruned shadows to learn what pruning changes')
+        skipped['two_release'] = 'dense_shadows: no pruned shadows'
     return [n for n in names if n not in skipped], skipped
 
 def _make_defense(p: dict):
@@ -193,12 +197,13 @@ def _key(info_or_record) -> str:
     "The cache key hash of a dense record or a pruned model's info."
     return info_or_record['key'] if 'key' in info_or_record else Path(info_or_record['cache_entry']).name
 
-def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache, device, keys, progress):
-    "Features + attacks for one model state, cached by the models' keys and the attack settings."
+def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache, device, keys, progress, other=None):
+    "Features + attacks for one model state, cached by the models' keys and the attack settings; `other`: the other release (two_release)."
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
            'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
+    if other is not None: key['other_release'] = other['keys']
     def build(tmp: Path):
         pop = population_indices(splits, cap=2000, seed=p['seed'])
         kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device)
@@ -208,6 +213,11 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
         ref_in = victim_ref_in(splits, idx, ref_masks if len(refs) else None)
         tgt = attack_data_for(target, ds, v.train, v.test, reference_models=list(shadows) + refs, ref_in=ref_in,
                               population_idx=pop, with_inputs='qmia' in names, **kw)
+        if other is not None:  # the same records through the other release: shadows as (dense, pruned) pairs
+            okw = {**kw, 'with_sensitivity': False}
+            shadow.with_other(shadow_attack_data(other['shadows'], ds, splits, extra_references=other['refs'], population_idx=pop, **okw))
+            tgt.with_other(attack_data_for(other['target'], ds, v.train, v.test, reference_models=list(other['shadows']) + other['refs'],
+                                           ref_in=ref_in, population_idx=pop, **okw))
         res = run_attacks(names, shadow, tgt, seed=p['seed'], device=device, epochs=p['attack_epochs'] or None,
                           n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'],
                           epsilon_delta=1.0 / len(splits.victim.train))  # the DP accountant's delta (1/N): the two epsilons compare
@@ -290,11 +300,13 @@ def run_cell(progress: bool = True, # progress bars
     for state in STATES:
         s = states[state]
         t1 = time.time()
-        met, arr, att_time = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, names, p, cache, device, s['keys'], progress)
+        state_names = [n for n in names if n != 'two_release' or state == 'pruned']  # two releases: the dense one and the pruned one
+        met, arr, att_time = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, state_names, p, cache, device, s['keys'],
+                                            progress, other=states['dense'] if state == 'pruned' and 'two_release' in names else None)
         timings[f'attacks_{state}'] = time.time() - t1
         timings[f'attacks_{state}_built'] = att_time
         for k, v in acc[state].items(): metrics[f'{state}/{k}'] = v
-        for n in names:
+        for n in state_names:
             for k, v in met[n].items(): metrics[f'{state}/{n}/{k}'] = v
             rows.append({**base, 'model_state': state, **acc[state], 'attack': n, **met[n]})
         for k, v in arr.items(): scores[f'{state}__{k}'] = v

@@ -111,6 +111,7 @@ def test_cuda_on_a_machine_without_it_is_a_value_error_naming_it(tmp_path):
     ({'structured_bn': 'drop'}, 'structured_bn must be one of'),
     ({'defense_param': 4.0}, "defense 'none' takes no defense_param"),
     ({'device': 'cuda:abc'}, "unknown device 'cuda:abc'"),
+    ({'attacks': 'two_release', 'dense_shadows': True}, 'two_release needs shadows that are dense \+ pruned pairs'),
     ({'adaptive': 1}, 'must be of type bool'),
     ({'arch': 'mlp', 'prune_method': 'slimming'}, 'BatchNorm'),
     ({'arch': 'column_fc', 'dataset': 'purchase100', 'prune_method': 'l2_structured'}, 'Conv2d'),
@@ -143,3 +144,12 @@ def test_subsample_draws_a_stratified_subset_before_the_splits_and_records_it(tm
     assert full.provenance['data']['content_hash'] != data['content_hash']
     tiny = {k: v for k, v in TINY.items() if k != 'progress'}
     assert cell_id(tiny | {'subsample': 600}) != cell_id(tiny)
+
+
+def test_two_release_runs_on_the_pruned_state_with_dense_and_pruned_shadow_pairs(tmp_path):
+    res = run_cell(**TINY | {'attacks': 'loss,two_release', 'cache_dir': str(tmp_path)})
+    got = {(r['model_state'], r['attack']) for r in res.rows}
+    assert got == {('dense', 'loss'), ('pruned', 'loss'), ('pruned', 'two_release')}
+    assert res.scores['pruned__score__two_release'].shape == res.scores['pruned__is_member'].shape
+    skipped = run_cell(**TINY | {'attacks': 'all', 'dense_shadows': True, 'cache_dir': str(tmp_path)}).provenance['skipped_attacks']
+    assert 'two_release' in skipped
