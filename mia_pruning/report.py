@@ -16,7 +16,7 @@ __all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 
            'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family', 'plot_headline',
            'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group', 'plot_defense_frontier',
            'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'attack_table', 'accuracy_table',
-           'attack_summary', 'epsilon_table', 'make_report']
+           'attack_summary', 'epsilon_table', 'two_release_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -529,6 +529,39 @@ def epsilon_table(df: pd.DataFrame) -> pd.DataFrame:
     if 'empirical_epsilon_delta' in df: t['delta'] = g['empirical_epsilon_delta'].max()
     return t.reset_index()
 
+# %% ../nbs/12_report.ipynb #142a09f7
+def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
+                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    "Per setting: two_release vs the strongest single-release attack on the pruned victim, the paired AUC change and its verdict."
+    from mia_pruning.core import load_arrays, load_json
+    from mia_pruning.evidence import metric_value, pooled_paired_difference, verdict
+    runs = Path(grid_dir) / 'runs'
+    if not runs.is_dir(): raise FileNotFoundError(f'{runs} does not exist: the comparison needs the run folders')
+    groups, best_names = {}, {}
+    for rd in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith('.')):
+        try: arr, prm = load_arrays(rd / 'scores.npz'), load_json(rd / 'params.json')['params']
+        except Exception: continue
+        if 'pruned__score__two_release' not in arr: continue
+        m = arr['pruned__is_member'].astype(bool)
+        singles = {k.split('__')[-1]: v for k, v in arr.items() if k.startswith('pruned__score__') and not k.endswith('two_release')
+                   and np.isfinite(v).all()}
+        if not singles: continue
+        auc = {a: metric_value(v, m) for a, v in singles.items()}
+        best = max(auc, key=auc.get)
+        key = (prm.get('dataset'), prm.get('arch'), prm.get('prune_method'), prm.get('sparsity'), prm.get('defense'), bool(prm.get('adaptive')))
+        groups.setdefault(key, []).append((singles[best], arr['pruned__score__two_release'], m))
+        best_names.setdefault(key, []).append(best)
+    if not groups: raise ValueError(f'no run under {runs} stores two_release scores')
+    rows = []
+    for key, g in groups.items():
+        r = pooled_paired_difference(g, 'auc', n_boot=n_boot, seed=seed)
+        v, why = verdict(r['lo'], r['hi'], direction=1)
+        rows.append(dict(zip(('dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'adaptive'), key),
+                         cells=len(g), best_single=','.join(sorted(set(best_names[key]))), auc_best_single=r['a'],
+                         auc_two_release=r['b'], auc_change=r['diff'], lo=r['lo'], hi=r['hi'], verdict=v))
+    return pd.DataFrame(rows)
+
+
 # %% ../nbs/12_report.ipynb #30bc1175
 def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and runs/)
                 cell: str | None = None, # the cell whose divergence is drawn (default: `divergence_cell`)
@@ -572,4 +605,6 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
             from mia_pruning.exposure import write_exposure_report
             return write_exposure_report(out_dir, out_dir / 'exposure')
         attempt('exposure', exposure_page)
+        attempt('two_release', lambda: table('two_release', '### Two releases (dense + pruned) vs the strongest single-release attack on the pruned victim, '
+                                              'AUC paired on the same members\n\n' + md_table(two_release_table(out_dir))))
     return {'written': written, 'skipped': skipped}

@@ -54,6 +54,7 @@ def grid_dir(tmp_path):
                        f'{st}__py': np.clip(rng.uniform(0.3, 0.8, 300) + shift * m, 0, 1),
                        f'{st}__sy': rng.uniform(0, 1, 300), f'{st}__index': np.arange(300)})
         arrays[f'{st}__score__conf'] = arrays[f'{st}__py']
+    arrays['pruned__score__two_release'] = arrays['pruned__py'] - arrays['dense__py']  # the change pruning made: its signal
     run = out / 'runs' / 'c-l1_unstructured-0.7-none-7'
     save_arrays(run / 'scores.npz', **arrays)
     save_json(run / 'params.json', {'params': dict(dataset='digits', arch='cnn', prune_method='l1_unstructured', sparsity=0.7,
@@ -69,7 +70,7 @@ def test_make_report_writes_every_figure_and_table(grid_dir):
     for f in figs:
         with Image.open(grid_dir / 'figures' / f) as im: assert im.size[0] > 300 and im.size[1] > 200
     tabs = sorted(p.name for p in (grid_dir / 'tables').iterdir())
-    assert tabs == ['attack_accuracy.md', 'attack_summary.md', 'defenses.md', 'epsilon.md', 'test_accuracy.md']
+    assert tabs == ['attack_accuracy.md', 'attack_summary.md', 'defenses.md', 'epsilon.md', 'test_accuracy.md', 'two_release.md']
     # a second report replaces the files in place and leaves no temporary file behind
     R.make_report(grid_dir)
     assert sorted(p.name for p in (grid_dir / 'figures').iterdir()) == figs
@@ -154,7 +155,7 @@ def test_report_reads_collected_run_folders_and_never_runs_a_model(tmp_path, mon
         finish_run(rd, notebook=False)
     df = collect(out)
     res = R.make_report(out)
-    assert len(df) == len(summary()) and set(res['skipped']) == {'divergence', 'exposure'}  # their scores.npz hold no per-sample scores
+    assert len(df) == len(summary()) and set(res['skipped']) == {'divergence', 'exposure', 'two_release'}  # their scores.npz hold no per-sample scores
     key = ['cell_id', 'model_state', 'attack']
     pd.testing.assert_frame_equal(
         pd.read_csv(out / 'summary.csv')[key + ['attack_acc']].sort_values(key).reset_index(drop=True),
