@@ -532,7 +532,7 @@ def epsilon_table(df: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/12_report.ipynb #142a09f7
 def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
                       n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Per setting: two_release vs the strongest single-release attack on the pruned victim, the paired AUC change and its verdict."
+    "Per setting: two_release vs the strongest single-release attack (on the dense or the pruned victim), paired AUC change, verdict."
     from mia_pruning.core import load_arrays, load_json
     from mia_pruning.evidence import metric_value, pooled_paired_difference, verdict
     runs = Path(grid_dir) / 'runs'
@@ -543,8 +543,9 @@ def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores
         except Exception: continue
         if 'pruned__score__two_release' not in arr: continue
         m = arr['pruned__is_member'].astype(bool)
-        singles = {k.split('__')[-1]: v for k, v in arr.items() if k.startswith('pruned__score__') and not k.endswith('two_release')
-                   and np.isfinite(v).all()}
+        if 'dense__is_member' in arr and not np.array_equal(arr['dense__is_member'], arr['pruned__is_member']): continue
+        singles = {f"{k.split('__')[0]}:{k.split('__')[-1]}": v for k, v in arr.items()   # either release alone: 'dense:rmia', 'pruned:loss'
+                   if k.startswith(('pruned__score__', 'dense__score__')) and not k.endswith('two_release') and np.isfinite(v).all()}
         if not singles: continue
         auc = {a: metric_value(v, m) for a, v in singles.items()}
         best = max(auc, key=auc.get)
@@ -605,6 +606,6 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
             from mia_pruning.exposure import write_exposure_report
             return write_exposure_report(out_dir, out_dir / 'exposure')
         attempt('exposure', exposure_page)
-        attempt('two_release', lambda: table('two_release', '### Two releases (dense + pruned) vs the strongest single-release attack on the pruned victim, '
+        attempt('two_release', lambda: table('two_release', '### Two releases (dense + pruned) vs the strongest single-release attack (either model alone), '
                                               'AUC paired on the same members\n\n' + md_table(two_release_table(out_dir))))
     return {'written': written, 'skipped': skipped}
