@@ -28,7 +28,7 @@ def _auc(res, name): return res[name].metrics['auc']
 
 
 def test_registry_and_names():
-    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE + ['qmia']
+    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE + ['qmia', 'two_release']
     assert resolve_attacks('all') == list(ATTACKS)
     assert resolve_attacks(' conf,gap ,conf') == ['conf', 'gap']
     with pytest.raises(ValueError, match="known attacks: \\['gap'"): resolve_attacks(['conf', 'lira'])
@@ -269,3 +269,28 @@ def test_digits_helpers(tmp_path):
     np.testing.assert_array_equal(sh.ref_in[:k1, 1], np.isin(idx, sp.shadows[2].train))
     assert not sh.ref_in[:, 2:].any()
     assert sh.is_member[:len(sp.shadows[0].train)].all() and not sh.is_member[len(sp.shadows[0].train):k1].any()
+
+
+def _release_pair(n, diff_gain, seed):
+    "A dense release without membership signal and a pruned release whose change (not its level) carries it."
+    from scipy.special import expit
+    from mia_pruning.features import AttackData
+    dense = synthetic_attack_data(n, shift=0.0, seed=seed)
+    rng = np.random.default_rng(seed + 7)
+    y = np.minimum(dense.labels, 1)
+    as2 = lambda lsc: np.where(np.eye(2, dtype=bool)[y], expit(lsc)[:, None], 1 - expit(lsc)[:, None])
+    lsc_p = dense.lsc - 0.5 + diff_gain * dense.is_member + rng.normal(0, 0.3, n)
+    d = AttackData(probs=as2(dense.lsc), labels=y, is_member=dense.is_member, lsc=dense.lsc)
+    return AttackData(probs=as2(lsc_p), labels=y, is_member=dense.is_member, lsc=lsc_p, other=d)
+
+
+def test_two_release_beats_every_single_release_attack_when_the_change_carries_the_signal():
+    sh, tg = _release_pair(4000, 1.0, 40), _release_pair(4000, 1.0, 41)
+    two = run_attacks(['two_release'], sh, tg)['two_release'].metrics['auc']
+    singles = [r.metrics['auc'] for r in run_attacks(['loss', 'top1_conf', 'conf'], sh, tg).values()]
+    singles += [r.metrics['auc'] for r in run_attacks(['loss', 'top1_conf', 'conf'], sh.other, tg.other).values()]  # the dense release alone
+    assert two > max(singles) + 0.05, (two, singles)
+    null = run_attacks(['two_release'], _release_pair(4000, 0.0, 42), _release_pair(4000, 0.0, 43))['two_release'].metrics['auc']
+    assert abs(null - 0.5) < 0.05, null  # no signal in the change: chance
+    with pytest.raises(ValueError, match='AttackData.other'): run_attacks(['two_release'], sh.other, tg)
+    with pytest.raises(ValueError, match='same 4000 records'): tg.with_other(synthetic_attack_data(10, seed=1))
