@@ -329,7 +329,7 @@ def run_cell(progress: bool = True, # progress bars
 
 def _data_provenance(ds) -> dict:
     "What was actually read: the dataset's name, size, source path(s) and content hash."
-    return {'name': ds.name, 'n': len(ds), 'source': getattr(ds, 'source', None), 'content_hash': getattr(ds, 'content_hash', None)}
+    return {'name': ds.name, 'n': len(ds), 'source': ds.source, 'content_hash': ds.content_hash}
 
 
 # %% ../nbs/10_pipeline.ipynb #ab50b1e6

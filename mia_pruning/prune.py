@@ -449,15 +449,8 @@ def fine_tune(model: nn.Module, # a pruned model (masks in place), trained in pl
 
 
 # %% ../nbs/04_prune.ipynb #74930d30
-_MOVED = {'compact_model': 'compact', 'compare_inference': 'compact', 'imp_schedule': 'imp', 'IMPResult': 'imp',
-          'iterative_magnitude_prune': 'imp', 'save_pruned': 'pruned', 'load_pruned': 'pruned', 'pruned_model': 'pruned',
-          'plot_accuracy_vs_sparsity': 'pruned', 'PRUNED_MODEL_VERSION': 'pruned'}
-
 def __getattr__(name: str):
-    "The names that live in the neighbouring modules (see the table above), imported on first use."
-    if name not in _MOVED: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    home = f'mia_pruning.{_MOVED[name]}'
-    if name != 'compact_model':
-        warnings.warn(f'mia_pruning.prune.{name} moved to {home}.{name}; import it from there', DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(home), name)
+    "`compact_model` (API.md's name here) from `mia_pruning.compact`, imported on first use to avoid an import cycle."
+    if name != 'compact_model': raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return importlib.import_module('mia_pruning.compact').compact_model
 

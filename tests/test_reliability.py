@@ -29,7 +29,8 @@ from mia_pruning import pipeline as P
 from mia_pruning.core import ArtifactCache, load_checkpoint, save_checkpoint, save_json, load_json
 from mia_pruning.data import load_dataset, make_splits, get_splits, write_idx, _FASHION_FILES
 from mia_pruning.models import build_model
-from mia_pruning.prune import prune_model, pruned_model, load_pruned
+from mia_pruning.prune import prune_model
+from mia_pruning.pruned import pruned_model, load_pruned
 from mia_pruning.features import AttackData
 from mia_pruning.attacks import run_attacks, synthetic_attack_data
 from mia_pruning.metrics import membership_metrics
