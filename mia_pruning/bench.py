@@ -289,29 +289,39 @@ def _sensitivity_case(label, arch, ds, idx, m, repeats, device):
     bs = max(1, 1024 // m)
     t_inf = time_runs(lambda: (model_outputs(model, ds, idx, device, 1024), sync(device)), repeats=repeats + 2, warmup=1)
     t_sen = time_runs(lambda: (sensitivity(model, ds, idx, m=m, device=device, batch_size=bs), sync(device)), repeats=repeats, warmup=1)
+    def features(fast):  # what attack_data_for computes per target: logits, then sensitivity
+        model_outputs(model, ds, idx, device, 1024, fast=fast); sensitivity(model, ds, idx, m=m, device=device, batch_size=bs, fast=fast)
+        sync(device)
+    t_fast, t_plain = time_pair(lambda: features(True), lambda: features(False), repeats=repeats, warmup=1)
     ratio = median(t_sen) / median(t_inf)
     raw = {'arch': arch, 'n': len(idx), 'm': m, 'sensitivity_batch_size': bs, 'inference_batch_size': 1024,
            'inference_seconds': t_inf, 'sensitivity_seconds': t_sen, 'inference_median_s': median(t_inf),
-           'sensitivity_median_s': median(t_sen)}
-    return Figure(f'sensitivity {label}', ratio, 'one inference pass', 1.2 * (m + 1), '<=', note=f'= 1.2 x (m + 1), m={m}',
-                  detail=f'sensitivity {median(t_sen) * 1e3:,.1f} ms, inference {median(t_inf) * 1e3:,.1f} ms for {len(idx):,} samples'), raw
+           'sensitivity_median_s': median(t_sen), 'features_fast_seconds': t_fast, 'features_plain_seconds': t_plain}
+    cost = Figure(f'sensitivity {label}', ratio, 'one inference pass', 1.2 * (m + 1), '<=', note=f'= 1.2 x (m + 1), m={m}',
+                  detail=f'sensitivity {median(t_sen) * 1e3:,.1f} ms, inference {median(t_inf) * 1e3:,.1f} ms for {len(idx):,} samples')
+    speed = Figure(f'features with sensitivity {label}', median(t_plain) / median(t_fast), "today's plain eval loop (samples/s)", 2.0, '>=',
+                   detail=f'{len(idx) / median(t_fast):,.0f} vs {len(idx) / median(t_plain):,.0f} samples/s (logits + sensitivity, m={m}; '
+                          'plain = the model itself under no_grad, fast = inference_model: BN folded, masks baked, channels_last)')
+    return [cost, speed], raw
 
 def bench_sensitivity(smoke: bool = False, out: str | Path | None = None, threads: int | None = None, device='cpu',
                       m: int = 10, # noise draws
                      ) -> dict:
-    "Cost of sensitivity(m) relative to one inference pass, mlp on digits and cnn on 28x28 (target <= 1.2 x (m + 1))."
+    "Cost of sensitivity(m) relative to one inference pass (target <= 1.2 x (m + 1)), and the fast query path against today's plain loop (>= 2x)."
     t0, load0, threads = time.time(), load_average(), threads or default_threads(smoke)
     device = get_device(device)
     figs, raw = [], {}
     with fixed_threads(threads):
         digits = load_dataset('digits')
         n, rep = (128, 2) if smoke else (len(digits), 5)
-        f, r = _sensitivity_case('mlp/digits', 'mlp', digits, np.arange(n), m, rep, device)
-        f.smoke = smoke; figs.append(f); raw['mlp/digits'] = r; print(f.line(), flush=True)
+        fs, r = _sensitivity_case('mlp/digits', 'mlp', digits, np.arange(n), m, rep, device)
+        raw['mlp/digits'] = r
+        for f in fs: f.smoke = smoke; figs.append(f); print(f.line(), flush=True)
         n, rep = (32, 2) if smoke else (2048, 3)
         syn = synthetic_images(n, (1, 28, 28), 10, seed=0, name='synthetic28')
-        f, r = _sensitivity_case('cnn/28x28', 'cnn', syn, np.arange(n), m, rep, device)
-        f.smoke = smoke; figs.append(f); raw['cnn/28x28'] = r; print(f.line(), flush=True)
+        fs, r = _sensitivity_case('cnn/28x28', 'cnn', syn, np.arange(n), m, rep, device)
+        raw['cnn/28x28'] = r
+        for f in fs: f.smoke = smoke; figs.append(f); print(f.line(), flush=True)
     rec = bench_record('sensitivity', figs, raw, smoke, t0, load0, threads, device,
                        notes='Untrained models (cost does not depend on the weights). Inference: model_outputs, 1024 per pass; '
                              'sensitivity: 1024 // m samples per pass, as attack_data_for calls it. Medians after a warm-up.')

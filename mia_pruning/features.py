@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_features.ipynb #eceea9fa
 from __future__ import annotations
-import copy, math
+import contextlib, copy, math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Sequence
 import numpy as np
@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import get_device
 
+
 # %% auto #0
-__all__ = ['bar_disabled', 'model_outputs', 'posteriors', 'per_sample_loss', 'logit_scaled_confidence', 'true_class_prob',
-           'sensitivity_noise', 'sensitivity', 'AttackData', 'attack_data_for']
+__all__ = ['FAST_CHUNK', 'bar_disabled', 'inference_model', 'model_outputs', 'posteriors', 'per_sample_loss',
+           'logit_scaled_confidence', 'true_class_prob', 'sensitivity_noise', 'sensitivity', 'AttackData',
+           'attack_data_for']
 
 # %% ../nbs/05_features.ipynb #f70fdc2d
 def _as_index(idx, name: str = 'idx') -> np.ndarray:
@@ -46,23 +48,73 @@ class _eval_mode:
         return self.model
     def __exit__(self, *exc): self.model.train(self.was_training)
 
+def _bake_masks(net: torch.nn.Module) -> torch.nn.Module:
+    "Make torch.nn.utils.prune masks permanent in place (plain parameters holding the masked values)."
+    import torch.nn.utils.prune as tprune
+    for mod in net.modules():
+        for hook in list(mod._forward_pre_hooks.values()):
+            if isinstance(hook, tprune.BasePruningMethod): tprune.remove(mod, hook._tensor_name)
+    return net
+
+def _fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    "`net` with every eval-mode BatchNorm folded into the convolution feeding it (torch.fx); `net` itself where it does not trace."
+    from torch.fx.experimental.optimization import fuse
+    try: return fuse(net, inplace=True)
+    except Exception: return net  # dynamic control flow: fx cannot trace it, the unfolded copy is still correct
+
+FAST_CHUNK = 256  # inputs per forward pass of a fast inference model on the CPU (the small models' cache-friendly size)
+
+def inference_model(model: torch.nn.Module, # the model to query (not modified)
+                    device=None, # torch device or name (default: `get_device('auto')`)
+                    fast: bool = True, # fold BatchNorm, bake pruning masks and use channels_last on the CPU
+                   ) -> torch.nn.Module:
+    "A copy of `model` in eval mode on `device` for answering queries; with `fast`, the same function up to float rounding, faster."
+    dev = get_device(device or 'auto')
+    import torch.nn.utils.prune as tprune
+    for mod in model.modules():  # a pruned layer's `weight` is recomputed from weight_orig * mask at every forward:
+        for hook in mod._forward_pre_hooks.values():  # drop its autograd history so that the model can be copied
+            if isinstance(hook, tprune.BasePruningMethod) and isinstance(getattr(mod, hook._tensor_name, None), torch.Tensor):
+                setattr(mod, hook._tensor_name, getattr(mod, hook._tensor_name).detach())
+    net = copy.deepcopy(model).to(dev).eval()
+    if not fast: return net
+    net = _fold_batchnorm(_bake_masks(net))
+    if dev.type == 'cpu' and any(isinstance(mod, torch.nn.Conv2d) for mod in net.modules()):
+        net = net.to(memory_format=torch.channels_last)
+        net._mia_channels_last = True
+    return net
+
+@contextlib.contextmanager
+def _querying(model, dev, fast: bool):
+    "Context: the module to query, a fast inference copy (`fast`) or `model` itself in eval mode (its mode restored on exit)."
+    if fast: yield inference_model(model, dev); return
+    with _eval_mode(model, dev) as net: yield net
+
+def _forward(net, x: torch.Tensor) -> torch.Tensor:
+    "`net(x)` in chunks of FAST_CHUNK inputs (channels_last inputs for a channels_last model)."
+    cl = getattr(net, '_mia_channels_last', False) and x.ndim == 4
+    outs = [net(x[i:i + FAST_CHUNK].contiguous(memory_format=torch.channels_last) if cl else x[i:i + FAST_CHUNK])
+            for i in range(0, len(x), FAST_CHUNK)]
+    return torch.cat(outs) if len(outs) != 1 else outs[0]
+
 def model_outputs(model: torch.nn.Module, # the model to query
                   ds, # a dataset with tensors `x` (N, ...) and `y` (N,), e.g. an `MIADataset`
                   idx, # the sample indices to query
                   device=None, # torch device or name (default: `get_device('auto')`)
                   batch_size: int = 1024, # samples per forward pass
+                  fast: bool = True, # query a fast `inference_model` copy (False: the model itself, as the study's code does)
                  ) -> torch.Tensor:
     "Logits (n, C) of `model` on `ds.x[idx]`: float32 on the CPU, computed without gradients in eval mode."
     idx = _as_index(idx); _check_index(ds, idx)
+    if not len(idx): raise ValueError('idx is empty: there is nothing to query')
     dev = get_device(device or 'auto')
     dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32
     out = []
-    with _eval_mode(model, dev), torch.no_grad():
+    with _querying(model, dev, fast) as net, torch.inference_mode():
         for i in range(0, len(idx), batch_size):
             xb = ds.x[torch.as_tensor(idx[i:i + batch_size])].to(dev, dtype=dtype, non_blocking=True)
-            out.append(model(xb).float().cpu())
-    if not out: raise ValueError('idx is empty: there is nothing to query')
+            out.append(_forward(net, xb).float().cpu())
     return torch.cat(out)
+
 
 # %% ../nbs/05_features.ipynb #e561ea4d
 def _as_logits(logits) -> torch.Tensor:
@@ -143,6 +195,7 @@ def sensitivity(model: torch.nn.Module, # the model to probe
                 batch_size: int = 128, # samples per forward pass (each pass holds `batch_size * m` inputs)
                 precision: str = 'float32', # 'float32' (the model as is) or 'float64' (a float64 copy of the model)
                 progress: bool | None = False, # tqdm bar over batches (None: automatic)
+                fast: bool = True, # query a fast `inference_model` copy (False: the model itself, as the study's code does)
                ) -> np.ndarray:
     "The study's per-class sensitivity `s` (n, C), float64: mean over `m` draws of |softmax(f(x+eps*u)) - p| / eps."
     idx = _as_index(idx); _check_index(ds, idx)
@@ -156,14 +209,14 @@ def sensitivity(model: torch.nn.Module, # the model to probe
     dtype = next(net.parameters()).dtype if any(True for _ in net.parameters()) else torch.float32
     shape = tuple(ds.x.shape[1:])
     chunks = []
-    with _eval_mode(net, dev), torch.no_grad():
+    with _querying(net, dev, fast) as net, torch.inference_mode():
         for i in tqdm(range(0, len(idx), batch_size), desc='sensitivity', disable=_no_bar(progress), leave=False):
             bi = idx[i:i + batch_size]
             x = ds.x[torch.as_tensor(bi)].to(dev, dtype=dtype)
             u = sensitivity_noise(bi, m, shape, seed).to(dev, dtype=dtype)
             xn = (x[:, None] + eps * u).reshape(len(bi) * m, *shape)
-            p = torch.softmax(net(x).double(), 1)                               # (b, C)
-            pn = torch.softmax(net(xn).double(), 1).reshape(len(bi), m, -1)     # (b, m, C)
+            p = torch.softmax(_forward(net, x).double(), 1)                               # (b, C)
+            pn = torch.softmax(_forward(net, xn).double(), 1).reshape(len(bi), m, -1)     # (b, m, C)
             chunks.append(((pn - p[:, None]).abs().mean(1) / eps).cpu().numpy())
     return np.concatenate(chunks)
 

@@ -15,8 +15,8 @@ __all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 
            'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense', 'settings',
            'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family', 'plot_headline',
            'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group', 'plot_defense_frontier',
-           'defense_table', 'divergence_cell', 'plot_divergence', 'md_table', 'attack_table', 'accuracy_table',
-           'attack_summary', 'epsilon_table', 'two_release_table', 'make_report']
+           'defense_table', 'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table', 'attack_table',
+           'accuracy_table', 'attack_summary', 'epsilon_table', 'two_release_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -401,7 +401,9 @@ def _gaps(v, m, y):
                           else np.nan for c in cls])
 
 def plot_divergence(run_dir: str | Path, # a run folder holding scores.npz
-                    path: str | Path | None = None, title: str | None = None):
+                    path: str | Path | None = None, title: str | None = None,
+                    class_labels: list[str] | None = None, # names of the labels (default: from the run's dataset, see `exposure.class_names`)
+                   ):
     "Member vs non-member p_y (and s_y) histograms, dense vs pruned, and the per-class gaps of one run; the Figure."
     import matplotlib.pyplot as plt, seaborn as sns
     f = Path(run_dir) / 'scores.npz'
@@ -411,6 +413,7 @@ def plot_divergence(run_dir: str | Path, # a run folder holding scores.npz
     feats = [k for k in ('py', 'sy') if all(f'{st}__{k}' in a for st in ('dense', 'pruned'))]
     if not feats: raise ValueError(f'{f} has no dense/pruned py arrays (keys: {sorted(a)[:8]}...)')
     label = {'py': 'true-class confidence p_y', 'sy': 'sensitivity s_y'}
+    if class_labels is None: class_labels = _run_class_names(run_dir, int(a['dense__labels'].max()) + 1)
     with sns.axes_style('whitegrid'):
         fig, axes = plt.subplots(len(feats), 3, figsize=(13, 3.3 * len(feats)), squeeze=False)
         for i, k in enumerate(feats):
@@ -430,12 +433,40 @@ def plot_divergence(run_dir: str | Path, # a run folder holding scores.npz
             x = np.arange(len(cls))
             ax.bar(x - w / 2, gaps['dense'], w, color='#9aa5b1', label='dense')
             ax.bar(x + w / 2, gaps['pruned'], w, color='#c0392b', label='pruned')
-            ax.set_xticks(x, [str(c) for c in cls], fontsize=7); ax.set_xlabel('class'); ax.axhline(0, color='k', lw=0.8)
+            names = [class_labels[c] if c < len(class_labels) else str(c) for c in cls]
+            ax.set_xticks(x, names, fontsize=7, rotation=45 if max(map(len, names)) > 2 else 0, ha='right' if max(map(len, names)) > 2 else 'center')
+            ax.set_xlabel('class'); ax.axhline(0, color='k', lw=0.8)
             ax.set_ylabel('confidence gap (member - non-member)' if k == 'py' else 'sensitivity gap (non-member - member)')
             ax.legend(fontsize=8)
         if title: fig.suptitle(title)
         fig.tight_layout()
     plt.close(fig)
+    return _save(fig, path)
+
+def _run_class_names(run_dir, n: int) -> list[str]:
+    "The label names of a run folder's dataset (from its params.json), or the label numbers."
+    from mia_pruning.core import load_json
+    from mia_pruning.exposure import class_names
+    try: dataset = load_json(Path(run_dir) / 'params.json')['params'].get('dataset', '')
+    except Exception: dataset = ''
+    return class_names(dataset, n)
+
+def plot_cell_roc(run_dir: str | Path, # a run folder holding scores.npz
+                  state: str = 'pruned', # 'dense' or 'pruned'
+                  attacks: list[str] | None = None, # which attacks (default: every attack stored for the state)
+                  path: str | Path | None = None, title: str | None = None):
+    "The ROC curves (log-log, never below each curve's FPR floor) of one run's attacks on one model state; the Figure."
+    from mia_pruning.core import load_arrays
+    from mia_pruning.metrics import plot_roc
+    if state not in ('dense', 'pruned'): raise ValueError(f"state must be 'dense' or 'pruned', got {state!r}")
+    f = Path(run_dir) / 'scores.npz'
+    if not f.is_file(): raise FileNotFoundError(f'no scores.npz in {str(run_dir)!r}: ROC curves need a complete run folder')
+    a = load_arrays(f)
+    have = [k.split('__score__', 1)[1] for k in a if k.startswith(f'{state}__score__')]
+    names = attack_order(have if attacks is None else [n for n in attacks if n in have])
+    if not names: raise ValueError(f'{f} holds no {state} scores' + (f' of {attacks}' if attacks else ''))
+    m = a[f'{state}__is_member'].astype(bool)
+    fig = plot_roc({n: (a[f'{state}__score__{n}'], m) for n in names}, title=title or f'{Path(run_dir).name}: {state} victim')
     return _save(fig, path)
 
 # %% ../nbs/12_report.ipynb #94b47562
@@ -588,6 +619,7 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
         attempt(f'defense_frontier_{tag}', lambda: figure(f'defense_frontier_{tag}', lambda p: plot_defense_frontier(df, dataset, arch, path=p)))
     cid = cell or divergence_cell(df, *settings(df)[0])
     attempt('divergence', lambda: figure('divergence', lambda p: plot_divergence(out_dir / 'runs' / cid, path=p, title=f'prediction divergence of cell {cid}')))
+    attempt('roc', lambda: figure('roc', lambda p: plot_cell_roc(out_dir / 'runs' / cid, path=p, title=f'pruned victim of cell {cid}')))
     def table(name, text):
         data = text.encode(); write_file(tabs / f'{name}.md', lambda f: f.write(data)); return tabs / f'{name}.md'
     attempt('attack_accuracy', lambda: table('attack_accuracy', attack_table(df)))

@@ -8,8 +8,8 @@ import os, json, errno, shutil, hashlib, zipfile, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
-import nbformat
 from .core import atomic_write, save_json, load_json
+
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder',
@@ -47,6 +47,7 @@ def notebook_problem(path) -> str | None:
     "Why the executed notebook at `path` did not finish (None when it did)."
     path = Path(path)
     if not path.is_file(): return f'{path.name} is missing'
+    import nbformat  # here, not at import: a cell's kernel imports this module and never reads notebooks (nbformat costs seconds)
     try: nb = nbformat.read(str(path), as_version=4)
     except Exception as e: return f'{path.name} is not a readable notebook ({type(e).__name__})'
     pm = nb.metadata.get('papermill', {})
@@ -121,6 +122,7 @@ def run_problem(run_dir, # a run folder
 def is_complete(run_dir, cell_id: str | None = None) -> bool:
     "True when `run_dir` holds a complete run (see `run_problem`)."
     return run_problem(run_dir, cell_id) is None
+
 
 # %% ../nbs/10c_runs.ipynb #ca3c1d68
 def stage_dir(runs_dir, cell_id: str) -> Path:

@@ -3,6 +3,7 @@
 No assertion here depends on a timing: smoke sizes only check that the benchmarks run and report what they measured.
 """
 import json
+import numpy as np
 
 import pytest
 
@@ -47,9 +48,14 @@ def test_train_loop_threshold_sensitivity(tmp_path, capsys):
         assert raw['equal_accuracy'] and raw['ours_acc'] == pytest.approx(raw['reference_acc'], abs=1e-12)  # same best accuracy
         assert 0.5 <= raw['ours_acc'] <= 1
         assert f"{raw['ours_acc']:.4f} vs {raw['reference_acc']:.4f} (equal)" in out
-    se = check_record(tmp_path / 'sensitivity.json', 'sensitivity', ['sensitivity mlp/digits', 'sensitivity cnn/28x28'], out)
-    assert all(f['target'] == pytest.approx(13.2) and f['op'] == '<=' for f in se['figures'])
-    assert se['raw']['cnn/28x28']['m'] == 10
+    se = check_record(tmp_path / 'sensitivity.json', 'sensitivity', ['sensitivity mlp/digits', 'features with sensitivity mlp/digits',
+                                                                       'sensitivity cnn/28x28', 'features with sensitivity cnn/28x28'], out)
+    assert all(f['target'] == pytest.approx(13.2) and f['op'] == '<=' for f in se['figures'] if f['name'].startswith('sensitivity'))
+    speed = [f for f in se['figures'] if f['name'].startswith('features')]
+    assert all(f['target'] == 2.0 and f['op'] == '>=' for f in speed)
+    raw = se['raw']['cnn/28x28']
+    assert raw['m'] == 10 and len(raw['features_fast_seconds']) == len(raw['features_plain_seconds']) >= 2
+    assert speed[1]['value'] == pytest.approx(np.median(raw['features_plain_seconds']) / np.median(raw['features_fast_seconds']))
     for name, rec in recs.items():  # the returned record is the one written
         assert json.loads(json.dumps(rec, default=str))['figures'] == load_json(tmp_path / f'{name}.json')['figures']
 

@@ -66,7 +66,7 @@ def test_make_report_writes_every_figure_and_table(grid_dir):
     res = R.make_report(grid_dir)
     assert res['skipped'] == {}, res['skipped']
     figs = sorted(p.name for p in (grid_dir / 'figures').iterdir())
-    assert figs == ['attack_vs_sparsity_digits_cnn.png', 'attacks_digits_cnn.png', 'defense_frontier_digits_cnn.png', 'divergence.png', 'headline_digits_cnn.png']
+    assert figs == ['attack_vs_sparsity_digits_cnn.png', 'attacks_digits_cnn.png', 'defense_frontier_digits_cnn.png', 'divergence.png', 'headline_digits_cnn.png', 'roc.png']
     for f in figs:
         with Image.open(grid_dir / 'figures' / f) as im: assert im.size[0] > 300 and im.size[1] > 200
     tabs = sorted(p.name for p in (grid_dir / 'tables').iterdir())
@@ -133,7 +133,7 @@ def test_missing_pieces_are_reported_not_hidden(tmp_path):
     out = tmp_path / 'g'; out.mkdir()
     summary()[lambda d: d.defense == 'none'].to_csv(out / 'summary.csv', index=False)
     res = R.make_report(out)
-    assert set(res['skipped']) == {'defense_frontier_digits_cnn', 'divergence', 'defenses'}
+    assert set(res['skipped']) == {'defense_frontier_digits_cnn', 'divergence', 'roc', 'defenses'}
     assert 'scores.npz' in res['skipped']['divergence']
 
 
@@ -155,7 +155,7 @@ def test_report_reads_collected_run_folders_and_never_runs_a_model(tmp_path, mon
         finish_run(rd, notebook=False)
     df = collect(out)
     res = R.make_report(out)
-    assert len(df) == len(summary()) and set(res['skipped']) == {'divergence', 'exposure', 'two_release'}  # their scores.npz hold no per-sample scores
+    assert len(df) == len(summary()) and set(res['skipped']) == {'divergence', 'roc', 'exposure', 'two_release'}  # their scores.npz hold no per-sample scores
     key = ['cell_id', 'model_state', 'attack']
     pd.testing.assert_frame_equal(
         pd.read_csv(out / 'summary.csv')[key + ['attack_acc']].sort_values(key).reset_index(drop=True),
