@@ -27,11 +27,12 @@ __all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MI
            'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value', 'loss_value',
            'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features', 'SAMIA',
            'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model', 'member_probability',
-           'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval', 'lira_valid',
-           'lira_scores', 'rmia_valid', 'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin',
-           'qmia_min_population', 'two_release_features', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks',
-           'check_requirements', 'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data',
-           'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
+           'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval', 'plain_train_attack_model',
+           'attack_step_profile', 'bench_attack_training', 'lira_valid', 'lira_scores', 'rmia_valid', 'rmia_scores',
+           'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population', 'two_release_features',
+           'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements', 'training_check',
+           'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models', 'AttackData',
+           'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -294,6 +295,124 @@ def balanced_accuracy_interval(pred: np.ndarray, # (n,) bool decisions
     se = 0.5 * math.sqrt(r1 * (1 - r1) / (n1 + 2) + r0 * (1 - r0) / (n0 + 2))
     z = norm.ppf(1 - alpha / 2)
     return acc, acc - z * se, acc + z * se
+
+
+# %% ../nbs/06_attacks.ipynb #8854511e
+def plain_train_attack_model(model: nn.Module, # a fresh attack model with 2 outputs
+                             x: np.ndarray, # (n, d) shadow features
+                             y: np.ndarray, # (n,) shadow membership
+                             epochs: int, # epochs
+                             batch_size: int = 128, # minibatch size
+                             lr: float = 1e-3, # learning rate
+                             momentum: float = 0.9, # SGD momentum
+                             weight_decay: float = 5e-4, # weight decay
+                             seed: int = 0, # seeds batch order and dropout, as `train_attack_model` does
+                             device='cpu', # device
+                            ) -> tuple[nn.Module, list[float]]:
+    "The textbook loop of the study's recipe (DataLoader over a TensorDataset, `loss.item()` per batch): the baseline of `bench_attack_training`."
+    from torch.utils.data import DataLoader, TensorDataset
+    dev = torch.device(device)
+    ds = TensorDataset(torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(y).astype(np.int64)))
+    gen = torch.Generator().manual_seed(seed)
+    class Batches:  # train_attack_model's order: one randperm per epoch from `gen`, a final batch of one dropped
+        def __iter__(self):
+            perm = torch.randperm(len(ds), generator=gen).tolist()
+            yield from (perm[i:i + batch_size] for i in range(0, len(perm), batch_size) if len(perm[i:i + batch_size]) >= 2)
+    loader = DataLoader(ds, batch_sampler=Batches(), generator=torch.Generator())  # its own generator: the dropout stream is untouched
+    model.to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, attack_milestones(epochs), gamma=0.1)
+    history = []
+    with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for xb, yb in loader:
+                xb, yb = xb.to(dev), yb.to(dev)
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(xb), yb)
+                loss.backward(); opt.step()
+                total += loss.item() * len(yb); count += len(yb)
+            sched.step(); history.append(total / count)
+    return model.eval(), history
+
+def attack_step_profile(model: nn.Module, # an attack model (trained in place for `steps` steps)
+                        x: np.ndarray, # (n, d) features, n >= batch_size
+                        y: np.ndarray, # (n,) membership
+                        steps: int = 10, # profiled SGD steps (after 2 unprofiled ones)
+                        batch_size: int = 128, # minibatch size
+                       ) -> pd.DataFrame:
+    "Where a CPU training step's time goes: self CPU ms per step and share, by group (dropout masks, matrix products, ...)."
+    import os
+    os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # kineto would log a GPU-count 'ERROR' on machines without one
+    from torch.profiler import profile, ProfilerActivity
+    if len(x) < batch_size: raise ValueError(f'need at least batch_size={batch_size} rows, got {len(x)}')
+    xt, yt = torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(y).astype(np.int64))
+    model.cpu().train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    def step():
+        b = torch.randperm(len(xt), generator=gen)[:batch_size]
+        loss = nn.functional.cross_entropy(model(xt[b]), yt[b]); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    for _ in range(2): step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps): step()
+    groups = {'aten::bernoulli_': 'dropout masks', 'aten::mm': 'matrix products', 'aten::bmm': 'matrix products',
+              'aten::addmm': 'matrix products', 'aten::_softmax': 'softmax', 'aten::_softmax_backward_data': 'softmax'}
+    rows = {}
+    for e in prof.key_averages():
+        if not e.key.startswith('aten::') and '#' not in e.key: continue  # autograd/engine wrappers: their self time is ~0
+        g = 'optimizer' if e.key.startswith('Optimizer.') else groups.get(e.key, 'other ops')
+        rows[g] = rows.get(g, 0.0) + e.self_cpu_time_total / 1e3 / steps
+    out = pd.DataFrame({'group': list(rows), 'ms_per_step': list(rows.values())}).sort_values('ms_per_step', ascending=False)
+    out['share'] = out.ms_per_step / out.ms_per_step.sum()
+    return out.reset_index(drop=True)
+
+def bench_attack_training(smoke: bool = False, # tiny sizes (seconds): no verdict
+                          out=None, # folder for the JSON record (None: none written)
+                          threads: int | None = None, # torch threads (default: `bench.default_threads`)
+                          device='cpu', # the device measured
+                          rows: int | None = None, # shadow rows (default 13,500 as 3 Fashion-MNIST shadows; smoke 384)
+                          repeats: int | None = None, # timed one-epoch runs of each loop (default 3; smoke 2)
+                         ) -> dict:
+    "A SAMIA and an nn attack epoch with `train_attack_model` vs `plain_train_attack_model` (target >= 2x, |delta AUC| <= 0.005)."
+    from mia_pruning.bench import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, median, default_threads, sync
+    t0, load0, threads = time.time(), load_average(), threads or default_threads(smoke)
+    rows = rows or (384 if smoke else 13500)
+    repeats = repeats or (2 if smoke else 3)
+    dev = get_device(device)
+    sh = synthetic_attack_data(rows, shift=2.0, seed=70)  # a signal one epoch at 13,500 rows starts to pick up
+    tg = synthetic_attack_data(max(rows // 3, 200), shift=2.0, seed=71)
+    C, figs, raw = sh.num_classes, [], {}
+    cases = [('samia', samia_features, lambda: SAMIA(C)), ('nn', nn_features, lambda: AttackMLP(C))]
+    with fixed_threads(threads):
+        for name, feat, build in cases:
+            xs, xt, ys = feat(sh), feat(tg), sh.is_member
+            got = {}
+            def fresh():
+                with torch.random.fork_rng(devices=[]): torch.manual_seed(1); return build()
+            def ours(): got['ours'] = train_attack_model(fresh(), xs, ys, epochs=1, seed=2, device=dev)[0]; sync(dev)
+            def plain(): got['plain'] = plain_train_attack_model(fresh(), xs, ys, epochs=1, seed=2, device=dev)[0]; sync(dev)
+            ta, tb = time_pair(ours, plain, repeats=repeats, warmup=1)
+            wdiff = max((p - q).abs().max().item() for p, q in zip(got['ours'].parameters(), got['plain'].parameters()))
+            auc_a = membership_metrics(member_probability(got['ours'], xt), tg.is_member)['auc']
+            auc_b = membership_metrics(member_probability(got['plain'], xt), tg.is_member)['auc']
+            d_auc = abs(auc_a - auc_b)
+            ratio = median(tb) / median(ta)
+            steps = len(range(0, rows, 128))
+            raw[name] = {'rows': rows, 'steps_per_epoch': steps, 'ours_seconds': ta, 'plain_seconds': tb, 'ours_median_s': median(ta),
+                         'plain_median_s': median(tb), 'ours_auc': auc_a, 'plain_auc': auc_b, 'max_weight_diff': wdiff}
+            f = Figure(f'{name} attack epoch ({rows:,} rows)', ratio, 'cheaper than the plain DataLoader loop', 2.0, '>=',
+                       detail=f'ours {median(ta):.2f} s, plain {median(tb):.2f} s per epoch ({steps} steps of 128); AUC '
+                              f'{auc_a:.4f} vs {auc_b:.4f} (|delta| {d_auc:.1e}), max weight difference {wdiff:.1e}',
+                       smoke=smoke, data={'delta_auc': d_auc, 'max_weight_diff': wdiff}, extra_ok=d_auc <= 0.005)
+            figs.append(f); print(f.line(), flush=True)
+    rec = bench_record('attack_training', figs, raw, smoke, t0, load0, threads, str(dev),
+                       notes='One epoch of the study recipe (SGD lr 1e-3, momentum 0.9, wd 5e-4, batch 128) from the same '
+                             'initialisation, batch order and dropout stream; median of the timed runs after one warm-up each, '
+                             'interleaved. Synthetic shadow data (shift 2.0, 10 classes); AUC on a synthetic target.')
+    write_record(out, rec)
+    return rec
 
 
 # %% ../nbs/06_attacks.ipynb #089c27b7

@@ -21,8 +21,8 @@ from .train import TrainConfig, train_model, make_optimizer
 __all__ = ['BENCHMARKS', 'SUITES', 'sync', 'time_runs', 'time_pair', 'median', 'fixed_threads', 'default_threads', 'Figure',
            'load_average', 'bench_record', 'write_record', 'record_lines', 'synthetic_images', 'bare_train',
            'bench_train_loop', 'threshold_values', 'bench_threshold', 'bench_sensitivity', 'grid_bench_spec',
-           'bench_grid_scaling', 'peak_rss_of', 'memory_cell_params', 'bench_memory', 'bench_gpu', 'select_benchmarks',
-           'main']
+           'bench_grid_scaling', 'peak_rss_of', 'memory_cell_params', 'bench_memory', 'bench_gpu', 'cell_cost_params',
+           'bench_cell_cost', 'select_benchmarks', 'main']
 
 # %% ../nbs/13_bench.ipynb #81e55bf7
 def sync(device) -> None:
@@ -527,14 +527,72 @@ def bench_gpu(smoke: bool = False, out: str | Path | None = None, threads: int |
     write_record(out, rec)
     return rec
 
+# %% ../nbs/13_bench.ipynb #aaf516a6
+def cell_cost_params(smoke: bool = False) -> dict:
+    "The tiny cell of the fixed-cost benchmark (mlp on digits, two threshold attacks, no bootstrap)."
+    return dict(dataset='digits', arch='mlp', num_shadows=1, epochs=2, attacks='loss,conf', attack_epochs=1, num_references=0,
+                n_boot=0, threads=1, prune_method='l1_unstructured', sparsity=0.5)
+
+def _import_seconds(stmt: str) -> float:
+    "Wall seconds of `python -c stmt` minus those of `python -c pass` (a fresh interpreter each)."
+    def one(s):
+        t = time.perf_counter(); subprocess.run([sys.executable, '-c', s], check=True, capture_output=True); return time.perf_counter() - t
+    return median([one(stmt) for _ in range(2)]) - median([one('pass') for _ in range(2)])
+
+def bench_cell_cost(smoke: bool = False, out: str | Path | None = None, threads: int | None = None, device='cpu',
+                    repeats: int | None = None, # timed cells (default 2 in smoke mode, 4 otherwise)
+                   ) -> dict:
+    "A grid cell's fixed cost: cell wall minus run_cell's own time, through the experiment notebook (target <= 3 s)."
+    from mia_pruning.runner import execute_cell, load_template
+    from mia_pruning.pipeline import cell_id
+    t0, load0 = time.time(), load_average()
+    repeats = repeats or (2 if smoke else 4)
+    raw = {'cells': []}
+    with tempfile.TemporaryDirectory(prefix='mia-cellcost-') as d:
+        tmpl = load_template()
+        params = {**cell_cost_params(smoke), 'cache_dir': str(Path(d) / 'cache')}
+        for i in range(repeats + 1):  # the first one trains and caches the models: not timed
+            run = Path(d) / f'run{i}'
+            res = execute_cell({'cell_id': cell_id(params), 'params': params, 'run_dir': str(run), 'template': tmpl, 'threads': 1})
+            if res['status'] != 'ok': raise RuntimeError(f"the fixed-cost cell failed: {res['error']}")
+            total = load_json(run / 'params.json')['provenance']['timings']['total']
+            if i: raw['cells'].append({'wall_s': res['seconds'], 'run_cell_s': total, 'fixed_s': res['seconds'] - total})
+    fixed = median([c['fixed_s'] for c in raw['cells']])
+    raw['import_pipeline_s'] = _import_seconds('import mia_pruning.pipeline')
+    raw['import_torch_s'] = _import_seconds('import torch')
+    fig = Figure('cell fixed cost', fixed, 's beyond run_cell', 3.0, '<=', smoke=smoke,
+                 detail=f"median of {len(raw['cells'])} cells: wall {median([c['wall_s'] for c in raw['cells']]):.2f} s, run_cell "
+                        f"{median([c['run_cell_s'] for c in raw['cells']]):.2f} s; imports in a fresh interpreter: mia_pruning.pipeline "
+                        f"{raw['import_pipeline_s']:.2f} s (torch alone {raw['import_torch_s']:.2f} s)")
+    print(fig.line(), flush=True)
+    rec = bench_record('cell_cost', [fig], raw, smoke, t0, load0, 1, 'cpu',
+                       notes='execute_cell as a grid worker runs it (papermill, a fresh kernel per cell); models cached by an untimed first cell.')
+    write_record(out, rec)
+    return rec
+
+
 # %% ../nbs/13_bench.ipynb #81ca58a8
+def _elsewhere(module: str, name: str) -> Callable:
+    "A benchmark defined in the module it measures (imported when it runs: those modules import this one's helpers)."
+    def run(**kw):
+        import importlib
+        return getattr(importlib.import_module(f'mia_pruning.{module}'), name)(**kw)
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f'`mia_pruning.{module}.{name}` (see its notebook).'
+    return run
+
 BENCHMARKS = {
     'train_loop': ('cpu', bench_train_loop),
     'threshold': ('cpu', bench_threshold),
     'sensitivity': ('cpu', bench_sensitivity),
+    'attack_training': ('cpu', _elsewhere('attacks', 'bench_attack_training')),
+    'fused': ('cpu', _elsewhere('fused', 'bench_fused')),
+    'cell_cost': ('cpu', bench_cell_cost),
+    'scheduling': ('cpu', _elsewhere('grid', 'bench_scheduling')),
     'grid_scaling': ('cpu', bench_grid_scaling),
     'memory': ('cpu', bench_memory),
     'gpu': ('gpu', bench_gpu),
+    'fused_gpu': ('gpu', _elsewhere('fused', 'bench_fused_gpu')),
 }
 SUITES = ('cpu', 'gpu', 'all')
 

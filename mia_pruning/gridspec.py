@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'GRID_NAME_RE', 'MAX_CELLS', 'MAX_SPEC_BYTES', 'STUDY_METHODS', 'PRESETS', 'pipeline_module',
-           'check_grid_name', 'SpecSafeLoader', 'load_spec', 'GridSpec', 'as_spec', 'Cell', 'check_max_cells',
-           'expand_cells', 'merge_notes']
+__all__ = ['SPEC_KEYS', 'GRID_NAME_RE', 'MAX_CELLS', 'MAX_SPEC_BYTES', 'STUDY_METHODS', 'STUDY_SEEDS', 'STUDY_ATTACKS', 'PRESETS',
+           'pipeline_module', 'check_grid_name', 'SpecSafeLoader', 'load_spec', 'GridSpec', 'as_spec', 'Cell',
+           'check_max_cells', 'expand_cells', 'merge_notes']
 
 # %% ../nbs/10a_gridspec.ipynb #ebf0dba4
 SPEC_KEYS = ('name', 'description', 'axes', 'fixed', 'blocks')
@@ -156,6 +156,9 @@ def as_spec(spec) -> GridSpec:
 
 # %% ../nbs/10a_gridspec.ipynb #a82cfc5e
 STUDY_METHODS = ['l1_unstructured', 'l1_structured', 'l2_structured', 'slimming']
+STUDY_SEEDS = [7, 8, 9]
+# the study preset's attacks: every threshold attack, SAMIA, offline LiRA, RMIA, QMIA and the two-release adversary
+STUDY_ATTACKS = 'gap,conf,entropy,mentr,top1_conf,loss,samia,lira_offline,rmia,qmia,two_release'
 PRESETS = {
     'smoke': {'name': 'smoke', 'description': 'two tiny cells (mlp on digits) to check an installation',
               'axes': {'sparsity': [0.5, 0.9]},
@@ -165,6 +168,19 @@ PRESETS = {
               'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9], 'defense': ['none', 'ppb']},
               'fixed': {'dataset': 'digits', 'arch': 'cnn', 'seed': 7, 'num_shadows': 3, 'attacks': 'all',
                         'attack_epochs': 10, 'num_references': 4, 'n_boot': 100}},
+    'study': {'name': 'study', 'description': "a powered Fashion-MNIST study on a CPU: 3 seeds x the study's four methods at two "
+                                              "sparsities, plain and PPB fine-tuning (non-adaptive and adaptive), 2,025 members per victim",
+              'axes': {'seed': STUDY_SEEDS},
+              'fixed': {'dataset': 'fashion_mnist', 'subsample': 9000, 'arch': 'cnn', 'num_shadows': 2, 'epochs': 20,
+                        'attacks': STUDY_ATTACKS, 'attack_epochs': 20, 'attack_check': 'split', 'num_references': 0, 'n_boot': 100},
+              'blocks': [{'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9]}},
+                         {'axes': {'adaptive': [False, True]}, 'fixed': {'prune_method': 'l1_unstructured', 'sparsity': 0.9, 'defense': 'ppb'}}]},
+    'study_gpu': {'name': 'study_gpu', 'description': "the study preset at the study's full recipe, for a GPU: all 70,000 Fashion-MNIST "
+                                                      "images, 5 shadows, 100 epochs, every attack (online LiRA with 4 references)",
+                  'axes': {'seed': STUDY_SEEDS},
+                  'fixed': {'dataset': 'fashion_mnist', 'arch': 'cnn', 'num_shadows': 5, 'attacks': 'all', 'num_references': 4},
+                  'blocks': [{'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9]}},
+                             {'axes': {'adaptive': [False, True]}, 'fixed': {'prune_method': 'l1_unstructured', 'sparsity': 0.9, 'defense': 'ppb'}}]},
     'paper': {'name': 'paper', 'description': "Yuan & Zhang (2022)'s grid: 7 datasets, 4 methods, sparsity 0.5-0.9, PPB and other defenses",
               'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.6, 0.7, 0.8, 0.9], 'defense': ['none', 'ppb']},
               'fixed': {'seed': 7, 'num_shadows': 5, 'attacks': 'all'},

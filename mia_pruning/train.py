@@ -17,8 +17,9 @@ from .models import build_model
 from .threat import role_seed
 
 # %% auto #0
-__all__ = ['TrainConfig', 'default_train_config', 'iterate_batches', 'predict_logits', 'predict_proba', 'accuracy', 'TrainResult',
-           'make_optimizer', 'TrainHooks', 'train_model', 'DenseModels', 'train_cached', 'dense_models']
+__all__ = ['FUSED_KEY', 'TrainConfig', 'default_train_config', 'iterate_batches', 'predict_logits', 'predict_proba', 'accuracy',
+           'TrainResult', 'make_optimizer', 'TrainHooks', 'train_model', 'DenseModels', 'dense_key', 'train_cached',
+           'dense_models']
 
 # %% ../nbs/03_train.ipynb #8e0f436a
 @dataclass(frozen=True)
@@ -217,16 +218,27 @@ class DenseModels:
     shadows: list
     records: dict  # role -> {'key': cache key hash, 'history': [...], 'best_epoch': int, ...}
 
-def train_cached(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str,
-                 cache: ArtifactCache, device=None, progress: bool = True) -> tuple[nn.Module, dict]:
-    "Train (or load from the cache) one dense model of `arch` on `split`; return it with its record."
+FUSED_KEY = 'grouped-v1'  # the `fused` field of the cache key of fused-trained models (absent for sequential ones)
+
+def dense_key(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str, fused: bool = False) -> dict:
+    "The cache key of one dense model; fused-trained models get a `fused` field, sequential ones keep their old key."
     key = dict(dataset=ds.name, n=len(ds), data=ds.content_hash, arch=arch, split=splits_hash(split), recipe=asdict(cfg), seed=seed, role=role)
+    return key | {'fused': FUSED_KEY} if fused else key
+
+def train_cached(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str,
+                 cache: ArtifactCache, device=None, progress: bool = True,
+                 fused: bool = False, # the model is (or was) trained by `fused.train_models_fused` (its own cache key)
+                 trained: TrainResult | None = None, # an already trained model to cache (instead of training it here)
+                ) -> tuple[nn.Module, dict]:
+    "Train (or load from the cache) one dense model of `arch` on `split`; return it with its record."
+    key = dense_key(ds, split, arch, cfg, seed, role, fused)
     def build(tmp: Path):
-        res = train_model(build_model(arch, ds.num_classes, ds.input_shape, seed=seed), ds, split.train, split.dev, cfg,
-                          seed=seed, device=device, progress=progress, desc=f'{ds.name}/{arch}/{role}')
+        res = trained if trained is not None else train_model(
+            build_model(arch, ds.num_classes, ds.input_shape, seed=seed), ds, split.train, split.dev, cfg,
+            seed=seed, device=device, progress=progress, desc=f'{ds.name}/{arch}/{role}')
         save_checkpoint(tmp / 'model.pt', {k: v.cpu() for k, v in res.model.state_dict().items()})
         save_json(tmp / 'record.json', {'history': res.history, 'best_epoch': res.best_epoch,
-                                        'best_dev_acc': res.best_dev_acc, 'seconds': res.seconds})
+                                        'best_dev_acc': res.best_dev_acc, 'seconds': res.seconds} | ({'fused': FUSED_KEY} if fused else {}))
     path = cache.get_or_build('dense_model', key, build)
     model = build_model(arch, ds.num_classes, ds.input_shape)
     model.load_state_dict(load_checkpoint(path / 'model.pt'))
@@ -239,15 +251,29 @@ def dense_models(dataset: str | MIADataset, # dataset name (or a loaded pool)
                  num_shadows: int = 5, # K shadow models
                  cfg: TrainConfig | None = None, # recipe (default: the study's for the data kind)
                  cache: ArtifactCache | None = None, root=None, device=None, progress: bool = True,
+                 fused: bool | str = 'auto', # train victim + shadows as one: True, False, or 'auto' (on where faster: see fused.use_fused)
                 ) -> DenseModels:
     "The dense victim and K shadows of (`dataset`, `arch`, `seed`), trained once and cached."
     ds = dataset if isinstance(dataset, MIADataset) else load_dataset(dataset, root)
     build_model(arch, ds.num_classes, ds.input_shape)  # validates arch/shape before any work
+    from mia_pruning.fused import use_fused, train_models_fused  # here: fused imports this module
+    fused = use_fused(fused, arch, device, ds.input_shape)
     cache = cache if cache is not None else ArtifactCache()
     cfg = cfg or default_train_config(ds.kind)
     splits = get_splits(ds, len(ds), seed, num_shadows, cache=cache)
     roles = [('victim', splits.victim)] + [(f'shadow{k}', s) for k, s in enumerate(splits.shadows)]
+    trained = {}
+    if fused:  # the models not yet in the cache train together, then each is cached as its own entry
+        todo = [(r, s) for r, s in roles if not cache.verify(cache.entry('dense_model', dense_key(ds, s, arch, cfg, role_seed(seed, r), r, True)))]
+        if todo:
+            nets = [build_model(arch, ds.num_classes, ds.input_shape, seed=role_seed(seed, r)) for r, _ in todo]
+            res = train_models_fused(nets, ds, [s for _, s in todo], cfg, [role_seed(seed, r) for r, _ in todo], device=device,
+                                     progress=progress, desc=f'{ds.name}/{arch}/fused x{len(todo)}')
+            trained = {r: x for (r, _), x in zip(todo, res)}
     models, records = {}, {}
-    for role, split in tqdm(roles, desc='dense models', disable=not progress or in_test()):
-        models[role], records[role] = train_cached(ds, split, arch, cfg, role_seed(seed, role), role, cache, device, progress)
+    for role, split in tqdm(roles, desc='dense models', disable=not progress or in_test() or bool(fused)):
+        models[role], records[role] = train_cached(ds, split, arch, cfg, role_seed(seed, role), role, cache, device, progress,
+                                                   fused=fused, trained=trained.get(role))
     return DenseModels(ds, splits, arch, models['victim'], [models[f'shadow{k}'] for k in range(num_shadows)], records)
+
+

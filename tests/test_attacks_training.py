@@ -147,3 +147,58 @@ def test_tuned_recipe_leaves_samia_at_the_studys():
     a = run_attacks('samia', sh, tg, device='cpu', epochs=1, attack_check='none')['samia']
     b = run_attacks('samia', sh, tg, device='cpu', epochs=1, attack_check='none', attack_recipe='tuned')['samia']
     np.testing.assert_array_equal(a.scores, b.scores); assert b.info['recipe'] == 'study'
+
+
+def _fresh(build, seed=1):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); return build()
+
+
+@pytest.mark.parametrize('build,rows,bs', [(lambda: SAMIA(4), 129, 128), (lambda: AttackMLP(12), 300, 64)])
+def test_training_loop_trains_the_plain_loops_weights(build, rows, bs):
+    "The project's loop (one tensor, a seeded permutation, the loss read once per epoch) = the textbook DataLoader loop."
+    from mia_pruning.attacks import plain_train_attack_model
+    rng = np.random.default_rng(3)
+    x, y = rng.random((rows, 12)).astype(np.float32), rng.integers(0, 2, rows)  # 129 rows: a final batch of one, dropped by both
+    a, ha = train_attack_model(_fresh(build), x, y, epochs=3, batch_size=bs, seed=5, device='cpu')
+    b, hb = plain_train_attack_model(_fresh(build), x, y, epochs=3, batch_size=bs, seed=5, device='cpu')
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=k)
+    np.testing.assert_allclose(ha, hb, rtol=1e-6)
+    c, _ = train_attack_model(_fresh(build), x, y, epochs=3, batch_size=bs, seed=6, device='cpu')  # the check can fail: another seed moves the weights
+    assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), c.parameters())) > 1e-4
+    assert not a.training and not b.training
+
+
+def test_attack_auc_unchanged_on_a_fixed_benchmark():
+    from mia_pruning.attacks import member_probability, nn_cls_features, plain_train_attack_model, samia_features
+    from mia_pruning.metrics import membership_metrics
+    for feat, build, shift, lr in ((samia_features, lambda: SAMIA(10), 2.0, 0.01), (nn_cls_features, lambda: AttackMLP(20), 3.0, 0.05)):
+        sh, tg = synthetic_attack_data(1000, shift=shift, seed=80), synthetic_attack_data(600, shift=shift, seed=81)
+        xs, xt = feat(sh), feat(tg)
+        aucs = [membership_metrics(member_probability(fn(_fresh(build), xs, sh.is_member, epochs=4, lr=lr, seed=7, device='cpu')[0], xt),
+                                   tg.is_member)['auc'] for fn in (train_attack_model, plain_train_attack_model)]
+        assert 0.6 < aucs[0] < 0.99, aucs  # a known signal that the attack picks up, short of saturation
+        assert abs(aucs[0] - aucs[1]) <= 0.005, aucs
+
+
+def test_bench_attack_training_record(tmp_path):
+    from mia_pruning.attacks import bench_attack_training
+    rec = bench_attack_training(smoke=True, out=tmp_path, threads=1, rows=256, repeats=1)
+    assert rec['name'] == 'attack_training' and rec['smoke'] and (tmp_path / 'attack_training.json').exists()
+    assert [f['name'].split()[0] for f in rec['figures']] == ['samia', 'nn']
+    for f in rec['figures']:
+        assert f['target'] == 2.0 and f['op'] == '>=' and f['value'] > 0
+        assert f['data']['delta_auc'] <= 0.005 and f['data']['max_weight_diff'] <= 1e-6
+        assert '[smoke sizes: no verdict]' in f['line']
+    assert rec['raw']['samia']['steps_per_epoch'] == 2 and len(rec['raw']['nn']['ours_seconds']) == 1
+
+
+def test_attack_step_profile_groups_the_time():
+    from mia_pruning.attacks import attack_step_profile, samia_features
+    d = synthetic_attack_data(256, seed=82)
+    prof = attack_step_profile(SAMIA(10), samia_features(d), d.is_member, steps=2)
+    assert prof.share.sum() == pytest.approx(1.0) and (prof.ms_per_step > 0).all()
+    assert {'dropout masks', 'matrix products', 'softmax'} <= set(prof.group)
+    with pytest.raises(ValueError, match='at least batch_size=128 rows'):
+        attack_step_profile(AttackMLP(3), np.zeros((10, 3)), np.arange(10) % 2)

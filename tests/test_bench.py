@@ -121,9 +121,22 @@ def test_main(tmp_path, capsys):
     assert bench.main(['--only', 'threshold', '--smoke', '--out', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     check_record(tmp_path / 'threshold.json', 'threshold', ['threshold n=500/side', 'threshold n=2,000/side'], out)
-    assert bench.select_benchmarks('cpu') == ['train_loop', 'threshold', 'sensitivity', 'grid_scaling', 'memory']
-    assert bench.select_benchmarks('all')[-1] == 'gpu'
+    assert bench.select_benchmarks('cpu') == ['train_loop', 'threshold', 'sensitivity', 'attack_training', 'fused', 'cell_cost',
+                                              'scheduling', 'grid_scaling', 'memory']
+    assert bench.select_benchmarks('gpu') == ['gpu', 'fused_gpu']
+    for name, (_, fn) in bench.BENCHMARKS.items(): assert callable(fn) and fn.__name__.startswith('bench_'), name
     with pytest.raises(SystemExit) as e: bench.main(['--only', 'nope', '--out', str(tmp_path)])
     assert e.value.code == 2
     assert "unknown benchmark(s) ['nope']" in capsys.readouterr().err
     with pytest.raises(SystemExit): bench.main(['--suite', 'tpu'])
+
+
+def test_cell_cost(tmp_path, capsys):
+    "The fixed-cost benchmark runs a real cell through the experiment notebook and subtracts run_cell's own time."
+    rec = bench.bench_cell_cost(smoke=True, out=tmp_path, repeats=1)
+    out = capsys.readouterr().out
+    rec = check_record(tmp_path / 'cell_cost.json', 'cell_cost', ['cell fixed cost'], out)
+    (cell,) = rec['raw']['cells']
+    assert cell['wall_s'] > cell['run_cell_s'] > 0 and cell['fixed_s'] == pytest.approx(cell['wall_s'] - cell['run_cell_s'])
+    assert rec['figures'][0]['target'] == 3.0 and rec['figures'][0]['op'] == '<='
+    assert rec['raw']['import_pipeline_s'] > 0

@@ -16,7 +16,7 @@ def test_no_module_imports_another_modules_underscore_names():
     assert not bad, bad
 
 
-def test_the_evidence_and_exposure_modules_import_without_torch():
-    code = 'import sys, mia_pruning.evidence, mia_pruning.exposure; print("torch" in sys.modules)'
+def test_the_evidence_exposure_claims_and_docs_modules_import_without_torch():
+    code = 'import sys, mia_pruning.evidence, mia_pruning.exposure, mia_pruning.claims, mia_pruning.docs; print("torch" in sys.modules)'
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == 'False', (r.stdout, r.stderr)
