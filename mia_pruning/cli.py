@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick or paper')
     g.add_argument('--executor', choices=['local', 'dask'], default='local', help='local process pool (default) or Dask')
     g.add_argument('--scheduler', metavar='ADDR', help='Dask scheduler address (default: a LocalCluster of --workers)')
+    g.add_argument('--schedule', choices=['models', 'cells'], default='models',
+                   help="'models' (default): train each distinct model once, as its own task, before the cells that use it; "
+                        "'cells': the first cell of each dense group trains its models while the others wait")
     g.add_argument('--dry-run', action='store_true', help='validate the spec and list its cells without running them')
     execution(g)
     r = sub.add_parser('run', help='run one cell: key=value parameters (see mia_pruning.pipeline.CELL_DEFAULTS)',
@@ -86,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser('bench', help='benchmarks (mia_pruning.bench; `mia-pruning bench --help`)', add_help=False)
     return p
 
+
 # %% ../nbs/11a_cli.ipynb #4c694414
 def _finish(report, args) -> int:
     print(report)
+    if args.no_progress and report.stages: print(report.stage_summary())  # with progress on, run_grid printed it
     if not args.no_report and report.summary_path is not None:
         from mia_pruning.report import load_summary, make_report
         if len(load_summary(report.summary_path)):
@@ -114,7 +119,7 @@ def cmd_grid(args) -> int:
         for note in merge_notes(cells): print(f'note: {note}')
         print(f'{len(cells)} valid cell(s) in grid {spec.name!r}; nothing was run (--dry-run)')
         return 0
-    return _finish(run_grid(spec, executor=args.executor, scheduler=args.scheduler, **_execution_kw(args)), args)
+    return _finish(run_grid(spec, executor=args.executor, scheduler=args.scheduler, schedule=args.schedule, **_execution_kw(args)), args)
 
 def cmd_run(args) -> int:
     from mia_pruning.grid import run_grid
@@ -180,4 +185,5 @@ def main(argv: list[str] | None = None) -> int:
         from mia_pruning.gridlock import GridLockedError
         if isinstance(e, GridLockedError): return _error(f'error: {e}', 2)
         raise
+
 

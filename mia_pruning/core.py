@@ -15,7 +15,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'in_test', 'project_root', 'default_out_dir', 'default_cache_dir', 'seed_everything', 'get_device',
            'atomic_write', 'with_suppress', 'save_json', 'load_json', 'save_arrays', 'load_arrays', 'save_checkpoint',
-           'load_checkpoint', 'config_hash', 'ArtifactCache', 'git_commit', 'env_info', 'render_readme', 'write_readme']
+           'load_checkpoint', 'config_hash', 'cache_use', 'ArtifactCache', 'git_commit', 'env_info', 'render_readme',
+           'write_readme']
 
 # %% ../nbs/00_core.ipynb #9d2bd822
 def in_test() -> bool:
@@ -193,10 +194,43 @@ def _sha256(path, chunk=1 << 20) -> str:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
 
+class _EntryLock:
+    "An exclusive, blocking flock on `path` (created if missing; never removed, so every process locks the same file)."
+    def __init__(self, path: Path): self.path, self.fd = Path(path), None
+    def __enter__(self):
+        try:
+            import fcntl
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError: self.fd = None  # no fcntl (Windows): the atomic rename alone keeps entries consistent
+        except OSError as e:  # a read-only cache or a file system without locks: build without one, as before
+            if self.fd is not None: os.close(self.fd)
+            self.fd = None
+            warnings.warn(f'cannot lock {self.path} ({e}); building without a lock (the work may be done twice)')
+        return self
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+def cache_use(events: list[dict], # `ArtifactCache.events` (or a slice of them)
+             ) -> dict:
+    "Per kind: how many entries were built and found, and their names (entry hashes), from a cache's events."
+    out = {}
+    for e in events:
+        d = out.setdefault(e['kind'], {'built': 0, 'found': 0, 'built_keys': [], 'found_keys': [], 'build_seconds': 0.0})
+        k = 'built' if e['built'] else 'found'
+        if e['entry'] in d[f'{k}_keys']: continue
+        d[k] += 1; d[f'{k}_keys'].append(e['entry'])
+        if e['built']: d['build_seconds'] = round(d['build_seconds'] + e['seconds'], 3)
+    return out
+
 class ArtifactCache:
     "A content-addressed store of built artifacts, verified on every reuse."
     def __init__(self, root: str | Path | None = None): # cache folder (default: `default_cache_dir()`)
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.events = []  # one dict per get_or_build: kind, entry, built (True) or found (False), seconds, waited
 
     def key_hash(self, kind: str, key: dict) -> str:
         return config_hash({'kind': kind, 'key': key, 'cache_version': CACHE_VERSION}, length=24)
@@ -227,35 +261,53 @@ class ArtifactCache:
         except FileNotFoundError: pass  # another process healed it first
         except OSError as e: raise OSError(f'cache {what} {p} is damaged and cannot be removed ({e}); remove it by hand') from e
 
+    def lock(self, kind: str, # artifact kind
+             name: str, # the entry's hash (`key_hash`)
+            ):
+        "A context manager holding the cross-process lock of one entry (flock on `<root>/.locks/<kind>/<name>.lock`; blocks)."
+        return _EntryLock(self.root / '.locks' / kind / f'{name}.lock')
+
     def get_or_build(self, kind: str, # artifact kind, e.g. 'dense_model'
                      key: dict, # everything that determines the artifact
                      build: Callable[[Path], Any], # writes the artifact's files into the folder it is given
                      required: tuple = (), # file names a reusable entry must hold
                     ) -> Path:
-        "The verified folder of the (`kind`, `key`) artifact, building it with `build(tmp_dir)` if needed."
+        "The verified folder of the (`kind`, `key`) artifact, building it with `build(tmp_dir)` if needed (one builder at a time)."
         final = self.entry(kind, key)
         if self.root.exists() and not self.root.is_dir(): raise NotADirectoryError(f'the cache folder {self.root} is a file, not a folder')
-        if (final.parent.exists() or final.parent.is_symlink()) and not final.parent.is_dir():
-            self._heal(final.parent, 'folder')  # cache/<kind> must be a folder (a link to one is fine)
-        if final.exists() or final.is_symlink():
-            if self.verify(final, required): return final
-            self._heal(final, 'entry')
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self._clean_stale(final)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
-        try:
-            build(tmp)
-            files = {p.name: {'size': p.stat().st_size, 'sha256': _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-            if not files: raise RuntimeError(f'building cache entry {kind} wrote no files')
-            save_json(tmp / 'manifest.json', {'kind': kind, 'key': key, 'files': files, 'created': time.time()})
-            try: os.rename(tmp, final)
-            except OSError:  # another process finished the same entry first
-                if not self.verify(final, required): raise
+        if final.parent.is_dir() and self.verify(final, required):  # a hit takes no lock and writes nothing
+            self._note(kind, final.name, False); return final
+        t_wait = time.time()
+        with self.lock(kind, final.name):  # another builder of this entry holds it until its entry is in place
+            waited = time.time() - t_wait
+            if (final.parent.exists() or final.parent.is_symlink()) and not final.parent.is_dir():
+                self._heal(final.parent, 'folder')  # cache/<kind> must be a folder (a link to one is fine)
+            if final.exists() or final.is_symlink():
+                if self.verify(final, required):  # built by the one we waited for
+                    self._note(kind, final.name, False, waited=waited); return final
+                self._heal(final, 'entry')
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._clean_stale(final)
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
+            t0 = time.time()
+            try:
+                build(tmp)
+                files = {p.name: {'size': p.stat().st_size, 'sha256': _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+                if not files: raise RuntimeError(f'building cache entry {kind} wrote no files')
+                save_json(tmp / 'manifest.json', {'kind': kind, 'key': key, 'files': files, 'created': time.time()})
+                try: os.rename(tmp, final)
+                except OSError:  # another process finished the same entry first (one without the lock: an older version)
+                    if not self.verify(final, required): raise
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                raise
+        self._note(kind, final.name, True, seconds=time.time() - t0, waited=waited)
         return final
+
+    def _note(self, kind, name, built, seconds=0.0, waited=0.0):
+        "Record one use of an entry in `self.events` (what a run built vs found; see `cache_use`)."
+        self.events.append({'kind': kind, 'entry': name, 'built': built, 'seconds': round(seconds, 3), 'waited': round(waited, 3)})
 
     def _clean_stale(self, final: Path, max_age_s: float = 6 * 3600):
         "Remove temp folders of builds of this entry that were killed long ago (a live build is younger)."
@@ -281,6 +333,7 @@ class ArtifactCache:
             return built['obj'] if 'obj' in built else load(path / name)
 
     def __repr__(self): return f'ArtifactCache({str(self.root)!r})'
+
 
 
 # %% ../nbs/00_core.ipynb #f5d1b61e

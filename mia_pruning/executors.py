@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['THREAD_VARS', 'Task', 'check_tasks', 'schedule', 'run_inline', 'watch_parent', 'die_with_parent', 'init_worker',
-           'run_local', 'connect', 'run_dask']
+__all__ = ['THREAD_VARS', 'Task', 'DependencyFailed', 'check_tasks', 'schedule', 'run_inline', 'watch_parent', 'die_with_parent',
+           'init_worker', 'run_local', 'connect', 'run_dask']
 
 # %% ../nbs/10d_executors.ipynb #c1ac6fea
 @dataclass
@@ -21,6 +21,18 @@ class Task:
     arg: Any = None
     after: tuple = ()
     info: dict = field(default_factory=dict) # anything the caller wants back in on_done
+    strict: bool = False # if a task in `after` failed, do not run: end with a `DependencyFailed` error
+
+class DependencyFailed(RuntimeError):
+    "A strict task was not run because a task it waits for failed; `causes`: task key -> its error, at the root."
+    def __init__(self, causes: dict):
+        self.causes = dict(causes)
+        by_error = {}  # the same error in many tasks (say, missing data) is told once
+        for k, e in causes.items(): by_error.setdefault(e, []).append(k)
+        parts = [f"{e} (in {', '.join(ks[:2])}{f' and {len(ks) - 2} more' if len(ks) > 2 else ''})" for e, ks in list(by_error.items())[:3]]
+        super().__init__(f'not run: {len(causes)} task(s) it needs failed: ' + '; '.join(parts)
+                         + (f'; and {len(by_error) - 3} other error(s)' if len(by_error) > 3 else ''))
+    def __reduce__(self): return (DependencyFailed, (self.causes,))
 
 def check_tasks(tasks: list[Task]) -> dict:
     "Tasks by key, after checking that keys are unique and every dependency is an earlier task."
@@ -32,22 +44,39 @@ def check_tasks(tasks: list[Task]) -> dict:
         by_key[t.key] = t
     return by_key
 
+def _short(err) -> str:
+    s = f'{type(err).__name__}: {err}'.strip()
+    return s if len(s) <= 300 else s[:297] + '...'
+
 def schedule(tasks: list[Task], submit: Callable, wait_any: Callable, on_done: Callable):
-    "Submit each task once its dependencies have ended; call on_done(task, result, error) as each ends."
+    "Submit each task once its dependencies have ended; call on_done(task, result, error) as each ends (a strict task skips a failure's dependents)."
     check_tasks(tasks)
-    ended, waiting, inflight = set(), list(tasks), {}
+    ended, failed, waiting, inflight = set(), {}, list(tasks), {}
+    def end(t, res, err):
+        on_done(t, res, err)
+        ended.add(t.key)
+        if err is not None: failed[t.key] = err
     def release():
-        for t in [t for t in waiting if all(k in ended for k in t.after)]:
-            waiting.remove(t); inflight[submit(t)] = t
+        ready = [t for t in waiting if all(k in ended for k in t.after)]
+        while ready:
+            for t in ready:
+                waiting.remove(t)
+                bad = [k for k in t.after if k in failed]
+                if t.strict and bad:
+                    causes = {}  # the failures at the root (a skipped dependency passes its own causes on)
+                    for k in bad: causes.update(failed[k].causes if isinstance(failed[k], DependencyFailed) else {k: _short(failed[k])})
+                    end(t, None, DependencyFailed(causes))
+                else: inflight[submit(t)] = t
+            ready = [t for t in waiting if all(k in ended for k in t.after)]  # the dependents of a skipped task
     release()
     while inflight:
         for f in wait_any(list(inflight)):
             t = inflight.pop(f)
             try: res, err = f.result(), None
             except Exception as e: res, err = None, e  # a lost worker or a raising task; BaseException ends the run
-            on_done(t, res, err)
-            ended.add(t.key)
+            end(t, res, err)
         release()
+
 
 # %% ../nbs/10d_executors.ipynb #ffc198cb
 def run_inline(tasks: list[Task], on_done: Callable):

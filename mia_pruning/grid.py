@@ -4,42 +4,79 @@
 
 # %% ../nbs/11_grid.ipynb #4c39fec0
 from __future__ import annotations
-import os, time, math, signal, threading, warnings, contextlib
+import os, time, math, signal, threading, warnings, contextlib, traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import save_json, load_json, default_out_dir, default_cache_dir
+from .core import save_json, load_json, default_out_dir, default_cache_dir, config_hash
 from .gridspec import (SPEC_KEYS, GRID_NAME_RE, MAX_CELLS, STUDY_METHODS, PRESETS, check_grid_name, GridSpec, load_spec,
                        as_spec, Cell, expand_cells, merge_notes, check_max_cells, pipeline_module)
 from .gridlock import GridLockedError, GridLock
 from .runs import (SUMMARY_COLUMNS, RECORD, STAGING, collect, is_complete, run_problem, verify_run, finish_run, stage_dir,
                    recover_swaps, clear_folder, plain_folder, plain_file, spec_cells)
-from .executors import Task, THREAD_VARS, run_local, run_dask, connect
+from .executors import Task, DependencyFailed, THREAD_VARS, run_local, run_dask, connect
 from .runner import TEMPLATE_ENV, template_path, load_template, execute_cell, error_summary
 _all_ = ['SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS', 'PRESETS', 'check_grid_name', 'GridSpec', 'load_spec', 'as_spec', 'Cell',
          'expand_cells', 'merge_notes', 'GridLockedError', 'GridLock', 'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem',
          'verify_run', 'finish_run', 'TEMPLATE_ENV', 'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']  # re-exported
 
+
 # %% auto #0
-__all__ = ['GROUP_KEYS', 'group_key', 'plan_tasks', 'data_mismatches', 'GridReport', 'default_threads', 'check_run_options',
-           'sigterm_as_interrupt', 'run_grid', 'SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS', 'PRESETS', 'check_grid_name',
-           'GridSpec', 'load_spec', 'as_spec', 'Cell', 'expand_cells', 'merge_notes', 'GridLockedError', 'GridLock',
-           'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem', 'verify_run', 'finish_run', 'TEMPLATE_ENV',
-           'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']
+__all__ = ['GROUP_KEYS', 'SCHEDULES', 'group_key', 'run_model_task', 'model_task_key', 'plan_tasks', 'data_mismatches',
+           'GridReport', 'default_threads', 'check_run_options', 'sigterm_as_interrupt', 'grid_stages', 'stage_summary',
+           'run_grid', 'local_dask', 'scheduling_bench_spec', 'bench_scheduling', 'SPEC_KEYS', 'MAX_CELLS',
+           'STUDY_METHODS', 'PRESETS', 'check_grid_name', 'GridSpec', 'load_spec', 'as_spec', 'Cell', 'expand_cells',
+           'merge_notes', 'GridLockedError', 'GridLock', 'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem',
+           'verify_run', 'finish_run', 'TEMPLATE_ENV', 'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']
 
 # %% ../nbs/11_grid.ipynb #abb73ea0
 GROUP_KEYS = ('dataset', 'data_root', 'subsample', 'arch', 'seed', 'num_shadows', 'epochs', 'num_references', 'cache_dir')
+SCHEDULES = ('models', 'cells')
 
 def group_key(params: dict) -> tuple:
     "Cells with the same key share dense models (the first one trains them)."
     return tuple(params.get(k) for k in GROUP_KEYS)
 
-def plan_tasks(cell_tasks: list[dict]) -> list[Task]:
-    "One Task per cell task (see `runner.execute_cell`); each group's later cells wait for its first."
-    leaders, out = {}, []
+def run_model_task(arg: dict) -> dict:
+    "A model task in a worker: `pipeline.build_model_job` of arg['job'] into arg['cache_dir'] (raises on failure)."
+    return pipeline_module().build_model_job(arg['job'], arg['cache_dir'], arg.get('threads') or 0, arg.get('device') or 'auto')
+
+def model_task_key(job_key: str, # `ModelJob.key`
+                   cache_dir, # the cache it is trained into
+                   several_caches: bool = False, # the grid's cells use several caches: the key names the cache too
+                  ) -> str:
+    "The task key of a model job."
+    return f'model:{job_key}' + (f':{config_hash(str(cache_dir), 8)}' if several_caches else '')
+
+def plan_tasks(cell_tasks: list[dict], # see `runner.execute_cell`: cell_id, params (with cache_dir), ...
+               schedule: str = 'models', # 'models': a task per distinct model, then the cells; 'cells': a group's first cell trains them
+              ) -> list[Task]:
+    "Tasks in dependency order: each distinct model not yet cached (pruned after dense), then one per cell, after its models."
+    if schedule not in SCHEDULES: raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
+    out = []
+    if schedule == 'cells':
+        leaders = {}
+        for t in cell_tasks:
+            lead = leaders.setdefault(group_key(t['params']), t['cell_id'])
+            out.append(Task(t['cell_id'], execute_cell, t, after=() if lead == t['cell_id'] else (lead,), info={'kind': 'cell'}))
+        return out
+    pipe = pipeline_module()
+    several = len({t['params'].get('cache_dir', '') for t in cell_tasks}) > 1
+    models, done, cells = {}, {}, []
     for t in cell_tasks:
-        lead = leaders.setdefault(group_key(t['params']), t['cell_id'])
-        out.append(Task(t['cell_id'], execute_cell, t, after=() if lead == t['cell_id'] else (lead,)))
-    return out
+        cache_dir, needs = t['params'].get('cache_dir') or str(default_cache_dir()), []
+        for job in pipe.cell_models(t['params']):
+            key = model_task_key(job.key, cache_dir, several)
+            if key not in models and key not in done:
+                if pipe.model_job_done(job, cache_dir): done[key] = True; continue  # trained before: nobody waits for it
+                arg = {'job': job, 'cache_dir': cache_dir, 'threads': t['params'].get('threads') or t.get('threads') or 0,
+                       'device': t['params'].get('device', 'auto')}
+                models[key] = Task(key, run_model_task, arg, after=tuple(k for k in (model_task_key(a, cache_dir, several) for a in job.after) if k in models),
+                                   info={'kind': 'model', 'model_kind': job.kind, 'role': job.role}, strict=True)
+            if key in models: needs.append(key)
+        cells.append(Task(t['cell_id'], execute_cell, t, after=tuple(needs), info={'kind': 'cell'}, strict=True))
+    order = sorted(models.values(), key=lambda m: m.info['model_kind'] != 'dense')  # every dense model first (stable)
+    return order + cells
+
 
 # %% ../nbs/11_grid.ipynb #e2d88eb0
 def data_mismatches(cells: list[Cell], runs_dir) -> list[str]:
@@ -79,6 +116,11 @@ class GridReport:
     summary_path: Path | None = None
     merged: list = field(default_factory=list)       # notes on spellings of the spec merged into one cell
     not_in_spec: list = field(default_factory=list)  # complete runs in the folder that are not cells of this spec
+    models: dict = field(default_factory=dict)       # model task key -> what it did (built or found, seconds) or its error
+    stages: dict = field(default_factory=dict)       # where the time went (see `grid_stages`)
+    schedule: str = 'models'
+
+    def stage_summary(self) -> str: return stage_summary(self.stages)
 
     @property
     def ok(self) -> bool: return not self.failed
@@ -86,7 +128,9 @@ class GridReport:
     def __repr__(self):
         s = (f'GridReport({self.name!r}: {len(self.cell_ids)} cells, {len(self.ran)} ran, {len(self.skipped)} skipped, '
              f'{len(self.failed)} failed in {self.seconds:.1f} s -> {self.out_dir})')
-        for cid, err in list(self.failed.items())[:20]: s += f'\n  FAILED {cid}: {err}  [{self.out_dir}/runs/{cid}/run.ipynb]'
+        for cid, err in list(self.failed.items())[:20]:
+            nb = self.out_dir / 'runs' / cid / 'run.ipynb'
+            s += f'\n  FAILED {cid}: {err}' + (f'  [{nb}]' if nb.exists() else '')
         if self.not_in_spec: s += f'\n  {len(self.not_in_spec)} complete run(s) not in this spec, left out of summary.csv'
         return s
 
@@ -96,7 +140,7 @@ def default_threads(workers: int) -> int:
     except AttributeError: n = os.cpu_count() or 1
     return max(1, n // max(1, workers))
 
-def check_run_options(executor, workers, threads, timeout, scheduler):
+def check_run_options(executor, workers, threads, timeout, scheduler, schedule='models'):
     "ValueError naming the first bad execution option and what is allowed."
     if executor not in ('local', 'dask'): raise ValueError(f"executor must be 'local' or 'dask', got {executor!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024):
@@ -106,6 +150,7 @@ def check_run_options(executor, workers, threads, timeout, scheduler):
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0):
         raise ValueError(f'timeout must be a positive number of seconds (or None for no limit), got {timeout!r}')
     if scheduler is not None and executor != 'dask': raise ValueError("a scheduler address needs executor='dask'")
+    if schedule not in SCHEDULES: raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
@@ -115,6 +160,44 @@ def sigterm_as_interrupt():
     old = signal.signal(signal.SIGTERM, handler)
     try: yield
     finally: signal.signal(signal.SIGTERM, old)
+
+def grid_stages(models: dict, # model task key -> its result (`GridReport.models`)
+                cell_seconds: dict, # cell id -> seconds of its notebook execution
+                run_dirs: list, # the run folders the grid wrote (their params.json holds run_cell's stage timings)
+               ) -> dict:
+    "Where a grid's time went: model tasks (trained, found, failed, seconds per kind), cells, and run_cell's stage timings summed."
+    m = {'tasks': len(models), 'trained': 0, 'found': 0, 'failed': 0, 'seconds': 0.0, 'by_kind': {}}
+    for r in models.values():
+        k = m['by_kind'].setdefault(r.get('kind', '?'), {'tasks': 0, 'trained': 0, 'seconds': 0.0})
+        k['tasks'] += 1
+        if 'error' in r: m['failed'] += 1; continue
+        m['trained' if r['built'] else 'found'] += 1; k['trained'] += bool(r['built'])
+        m['seconds'] += r['seconds']; k['seconds'] += r['seconds']
+    stage, n = {}, 0
+    for rd in run_dirs:
+        try: t = load_json(Path(rd) / 'params.json')['provenance']['timings']
+        except Exception: continue
+        n += 1
+        for key, v in t.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool): stage[key] = stage.get(key, 0.0) + v
+    rnd = lambda d: {k: round(v, 3) if isinstance(v, float) else rnd(v) if isinstance(v, dict) else v for k, v in d.items()}
+    return rnd({'models': m, 'cells': {'ran': len(cell_seconds), 'seconds': sum(cell_seconds.values())},
+                'run_cell': {'runs': n, 'seconds': stage}})
+
+def stage_summary(stages: dict) -> str:
+    "The per-stage summary `run_grid` prints: where the time went."
+    if not stages: return 'no work was done'
+    m, c, r = stages['models'], stages['cells'], stages['run_cell']
+    lines = [f"model tasks: {m['tasks']} ({m['trained']} trained, {m['found']} found in the cache, {m['failed']} failed), "
+             f"{m['seconds']:.1f} s of worker time"]
+    lines += [f"  {k}: {v['tasks']} tasks, {v['trained']} trained, {v['seconds']:.1f} s" for k, v in m['by_kind'].items()]
+    lines.append(f"cells: {c['ran']} ran, {c['seconds']:.1f} s of worker time (notebook, kernel start and run_cell)")
+    s = r['seconds']
+    if s:
+        lines.append(f"run_cell stages summed over {r['runs']} run folder(s) (seconds; '*_built' only where this grid built them):")
+        lines += [f'  {k:<22} {v:9.1f}' for k, v in sorted(s.items(), key=lambda kv: -kv[1]) if k != 'total']
+        if 'total' in s: lines.append(f"  {'total':<22} {s['total']:9.1f}")
+    return '\n'.join(lines)
 
 def run_grid(spec, # preset name, YAML path, dict or GridSpec
              out_dir: str | Path | None = None, # output folder (default: outputs/<name>)
@@ -127,10 +210,11 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
              timeout: float | None = None, # seconds allowed per notebook cell (None = no limit)
              template: str | Path | None = None, # the experiment notebook (default: `template_path()`)
              max_cells: int | None = MAX_CELLS, # refuse a larger grid (None: no cap)
+             schedule: str = 'models', # 'models': each distinct model is a task, before the cells that use it; 'cells': a group's first cell trains them
             ) -> GridReport:
     "Run every cell of a grid through the experiment notebook (resumable, locked, failures reported); write summary.csv."
     from tqdm.auto import tqdm
-    check_run_options(executor, workers, threads, timeout, scheduler)
+    check_run_options(executor, workers, threads, timeout, scheduler, schedule)
     spec = as_spec(spec)
     cells = expand_cells(spec, max_cells)
     tmpl = load_template(template)
@@ -143,7 +227,8 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
     for c in cells: plain_folder(runs / c.id, 'run folder')
     client = connect(scheduler) if scheduler else None  # before anything is written
     t0 = time.time()
-    report = GridReport(spec.name, out_dir, [c.id for c in cells], merged=merge_notes(cells))
+    if schedule == 'models' and 'run_cell' not in tmpl: schedule = 'cells'  # a template that does not run run_cell uses no cached model
+    report = GridReport(spec.name, out_dir, [c.id for c in cells], merged=merge_notes(cells), schedule=schedule)
     for note in report.merged: print(f'note: {note}')
     with GridLock(out_dir), contextlib.closing(client) if client else contextlib.nullcontext(), sigterm_as_interrupt():
         runs.mkdir(parents=True, exist_ok=True)
@@ -175,7 +260,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
             record = {**previous, **record, 'started': previous.get('started', started)}  # nothing to do: keep the record of the run that did the work
         save_json(out_dir / 'grid.json', record)
         if todo:
-            n_workers = workers or min(len(todo), default_threads(1), 4)
+            n_workers = workers or min(len(todo) if schedule == 'cells' else max(len(todo), 2), default_threads(1), 4)
             n_threads = threads if threads is not None else (None if scheduler else default_threads(n_workers))
             cache = str(Path(default_cache_dir()).resolve())
             pipe = pipeline_module()
@@ -191,14 +276,30 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
                        disable=not progress, dynamic_ncols=True)
             def on_done(task, res, err):
                 cid = task.key
-                if err is not None: res = {'status': 'failed', 'error': f'worker lost: {error_summary(err)}', 'notebook': task.arg['run_dir']}
+                if task.info.get('kind') == 'model':
+                    report.models[cid] = ({k: v for k, v in res.items() if k != 'cache_use'} if err is None
+                                          else {'kind': task.info['model_kind'], 'role': task.info['role'], 'error': error_summary(err)})
+                    if err is not None:
+                        if not isinstance(err, DependencyFailed):  # the traceback, kept where the report points
+                            log = out_dir / 'model_errors' / f"{cid.replace(':', '_')}.txt"
+                            with contextlib.suppress(OSError):
+                                log.parent.mkdir(exist_ok=True)
+                                log.write_text(''.join(traceback.format_exception(err)))
+                                report.models[cid]['traceback'] = str(log)
+                        bar.write(f'model task {cid} FAILED: {error_summary(err)}')
+                    bar.set_postfix(models=len(report.models), failed=len(report.failed)); return
+                if isinstance(err, DependencyFailed):
+                    res = {'status': 'failed', 'error': f'its model(s) could not be trained: {err}', 'notebook': None}
+                elif err is not None: res = {'status': 'failed', 'error': f'worker lost: {error_summary(err)}', 'notebook': task.arg['run_dir']}
+                else: cell_seconds[cid] = res.get('seconds', 0.0)
                 if res['status'] != 'ok' or not is_complete(runs / cid, cid):
                     report.failed[cid] = res.get('error') or f'the run folder is not complete ({run_problem(runs / cid, cid)})'
                     status[cid] = 'complete (previous run kept)' if is_complete(runs / cid, cid) else 'failed'
                     bar.write(f"cell {cid} FAILED: {report.failed[cid]} (notebook: {res.get('notebook')})")
                 else: report.ran.append(cid); status[cid] = 'complete'
                 bar.update(1); bar.set_postfix(failed=len(report.failed))
-            tasks = plan_tasks(cell_tasks)
+            cell_seconds = {}
+            tasks = plan_tasks(cell_tasks, schedule)
             try:
                 if executor == 'local': run_local(tasks, n_workers, n_threads, on_done)
                 else: run_dask(tasks, n_workers, client, on_done)
@@ -206,8 +307,12 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
                 bar.close()
                 for c, _ in todo:
                     if status[c.id] == 'pending' and is_complete(runs / c.id, c.id): status[c.id] = 'complete (previous run kept)'
+                report.stages = grid_stages(report.models, cell_seconds, [runs / c for c in report.ran])
                 save_json(out_dir / 'grid.json', {**record, 'cells': status, 'executor': executor, 'workers': n_workers,
-                                                  'threads': n_threads, 'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
+                                                  'threads': n_threads, 'schedule': schedule, 'models': report.models,
+                                                  'stages': report.stages, 'seconds': round(time.time() - t0, 3),
+                                                  'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
+                if progress and report.stages: print(report.stage_summary())
         with warnings.catch_warnings():  # the failed cells were reported above
             warnings.filterwarnings('ignore', message=r'skipping run folder .*: not complete \(it has no completion record')
             warnings.filterwarnings('ignore', message=r'.* are not cells of the current spec')  # in the report and grid.json
@@ -215,3 +320,104 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
         report.summary_path = out_dir / 'summary.csv'
     report.seconds = time.time() - t0
     return report
+
+
+# %% ../nbs/11_grid.ipynb #cc348f43
+@contextlib.contextmanager
+def local_dask(workers: int = 2, # worker processes (one thread each)
+               env: dict | None = None, # their environment (default: this one)
+               start_timeout: float = 90, # seconds to wait for the scheduler and every worker
+              ):
+    "A real Dask scheduler and `workers` worker processes on 127.0.0.1 (`dask scheduler`, `dask worker`); yields its address."
+    import socket, subprocess, shutil as _sh
+    if _sh.which('dask') is None: raise RuntimeError("the 'dask' command is not installed (pip install 'dask[distributed]')")
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    addr, env = f'tcp://127.0.0.1:{port}', {**os.environ, **(env or {})}
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen(['dask', 'scheduler', '--host', '127.0.0.1', '--port', str(port), '--no-dashboard'], **quiet)]
+    try:
+        deadline = time.time() + start_timeout
+        while True:
+            try:
+                with socket.create_connection(('127.0.0.1', port), timeout=1): break
+            except OSError:
+                if time.time() > deadline or procs[0].poll() is not None: raise RuntimeError(f'the Dask scheduler at {addr} did not start')
+                time.sleep(0.3)
+        procs += [subprocess.Popen(['dask', 'worker', addr, '--nworkers', '1', '--nthreads', '1', '--no-dashboard'], **quiet)
+                  for _ in range(workers)]
+        from dask.distributed import Client
+        with Client(addr, timeout=30) as c: c.wait_for_workers(workers, timeout=max(1.0, deadline - time.time()))
+        yield addr
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+            try: p.wait(timeout=15)
+            except Exception: p.kill(); p.wait()
+
+def scheduling_bench_spec(smoke: bool = False, # tiny cells (seconds each) instead of the quick grid
+                          cache_dir: str = '', # the artifact cache of this measurement
+                          device: str = 'cpu', # the cells' device
+                         ) -> dict:
+    "The grid of `bench_scheduling`: the quick preset (smoke: 2 digits/mlp cells, 2 prune methods sharing 1 shadow)."
+    if smoke:
+        spec = {'name': 'bench-sched', 'axes': {'prune_method': ['l1_unstructured', 'global_unstructured']},
+                'fixed': {'dataset': 'digits', 'arch': 'mlp', 'num_shadows': 1, 'epochs': 2, 'attack_epochs': 1, 'attacks': 'loss,conf',
+                          'n_boot': 0, 'num_references': 0}}
+    else: spec = as_spec('quick').to_dict()
+    spec = {**spec, 'name': 'bench-sched', 'fixed': {**spec.get('fixed', {}), 'cache_dir': cache_dir, 'device': device}}
+    return spec
+
+def _summary_frame(out_dir):
+    import pandas as pd
+    df = pd.read_csv(Path(out_dir) / 'summary.csv')
+    return df.sort_values([c for c in ('cell_id', 'model_state', 'attack') if c in df]).reset_index(drop=True)
+
+def bench_scheduling(smoke: bool = False, # tiny cells instead of the quick grid
+                     out: str | Path | None = None, # folder of the JSON record (None: not written)
+                     threads: int | None = None, # torch threads per worker (default: cores // 2)
+                     device: str = 'cpu', # the cells' device
+                     template: str | Path | None = None, # experiment notebook (default: the project's)
+                     workdir: str | Path | None = None, # where the temporary grids go (default: a temp dir, removed)
+                    ) -> dict:
+    "Quick-grid wall: model-level vs cell-level scheduling (2 workers), and a real Dask scheduler + 2 workers vs the local pool."
+    import tempfile, shutil
+    from mia_pruning.bench import Figure, bench_record, write_record, load_average
+    t0, load0 = time.time(), load_average()
+    thr = threads or default_threads(2)
+    root = Path(tempfile.mkdtemp(prefix='mia-bench-sched-', dir=workdir))
+    raw, wall = {'runs': {}, 'spec': scheduling_bench_spec(smoke, '', device)}, {}
+    def one(label, schedule, executor='local', scheduler=None):
+        spec = scheduling_bench_spec(smoke, str(root / f'cache_{label}'), device)
+        t = time.perf_counter()
+        rep = run_grid(spec, out_dir=root / label, executor=executor, scheduler=scheduler, workers=2, threads=thr,
+                       progress=False, template=template, schedule=schedule)
+        wall[label] = time.perf_counter() - t
+        raw['runs'][label] = {'seconds': wall[label], 'schedule': schedule, 'executor': executor, 'ran': len(rep.ran),
+                              'failed': rep.failed, 'stages': rep.stages, 'load_avg': load_average()}
+        if rep.failed: raise RuntimeError(f'scheduling benchmark run {label!r}: {len(rep.failed)} cell(s) failed: {rep.failed}')
+        print(f'# scheduling {label}: {wall[label]:.1f} s ({len(rep.ran)} cells)', flush=True)
+        return _summary_frame(root / label)
+    try:
+        cells = one('cells', 'cells')
+        models = one('models', 'models')
+        with local_dask(2, env={v: str(thr) for v in THREAD_VARS}) as addr: dask = one('dask', 'models', 'dask', addr)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    same = cells.equals(models) and models.equals(dask)
+    raw['same_summary'] = same
+    figs = [Figure('quick grid wall, model-level vs cell-level', wall['models'] / wall['cells'], "of cell-level scheduling's wall", 0.5, '<=',
+                   detail=f"{wall['models']:.1f} s vs {wall['cells']:.1f} s, 2 workers x {thr} threads, fresh caches; summaries "
+                          f"{'equal' if same else 'DIFFER'}", smoke=smoke, extra_ok=same),
+            Figure('quick grid wall from empty cache', wall['models'] / 60, 'minutes (absolute)', 3, '<=',
+                   detail=f"{wall['models']:.1f} s with model-level scheduling, {os.cpu_count()} cores, load average "
+                          f"{raw['runs']['models']['load_avg']}", smoke=smoke),
+            Figure('Dask real scheduler vs local pool', wall['models'] / wall['dask'], 'throughput of the local pool', 0.9,
+                   detail=f"{wall['dask']:.1f} s (dask scheduler + 2 dask worker processes on 127.0.0.1, started before) vs "
+                          f"{wall['models']:.1f} s", smoke=smoke, extra_ok=same)]
+    for f in figs: print(f.line(), flush=True)
+    rec = bench_record('scheduling', figs, raw, smoke, t0, load0, thr, device,
+                       notes='Wall seconds of run_grid from an empty cache of its own per run (cells: a group\'s first cell trains '
+                             'its models; models: a task per distinct model before the cells). Same threads in every run.')
+    write_record(out, rec)
+    return rec
+

@@ -171,7 +171,7 @@ PRESETS = {
     'study': {'name': 'study', 'description': "a powered Fashion-MNIST study on a CPU: 3 seeds x the study's four methods at two "
                                               "sparsities, plain and PPB fine-tuning (non-adaptive and adaptive), 2,025 members per victim",
               'axes': {'seed': STUDY_SEEDS},
-              'fixed': {'dataset': 'fashion_mnist', 'subsample': 9000, 'arch': 'cnn', 'num_shadows': 2, 'epochs': 20,
+              'fixed': {'dataset': 'fashion_mnist', 'subsample': 9000, 'arch': 'cnn', 'num_shadows': 2, 'epochs': 20, 'channels_last': True,
                         'attacks': STUDY_ATTACKS, 'attack_epochs': 20, 'attack_check': 'split', 'num_references': 0, 'n_boot': 100},
               'blocks': [{'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9]}},
                          {'axes': {'adaptive': [False, True]}, 'fixed': {'prune_method': 'l1_unstructured', 'sparsity': 0.9, 'defense': 'ppb'}}]},

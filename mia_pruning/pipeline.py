@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .core import (ArtifactCache, get_device, seed_everything, in_test, config_hash, env_info, save_json,
-                              load_json, save_arrays, load_arrays)
-from .data import DATASETS, Split, load_dataset, subsample_dataset, check_name, splits_hash
+                              load_json, save_arrays, load_arrays, cache_use)
+from .data import DATASETS, Split, load_dataset, subsample_dataset, check_name, splits_hash, get_splits
 from .models import ARCHS, build_model
 from .train import default_train_config, dense_models, train_cached, accuracy
 from .prune import PRUNE_METHODS, STRUCTURED_BN, check_sparsity, check_model_for
@@ -20,13 +20,16 @@ from .defenses import DEFENSES, make_defense
 from .pruned import pruned_model
 from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
-from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed
+from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed
 from .divergence import divergence_summary
 from .runs import RECORD, finish_run, is_complete
 
+
 # %% auto #0
-__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'effective_attacks',
-           'validate_params', 'resolve_params', 'cell_id', 'CellResult', 'run_cell', 'write_run']
+__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'ADDED_LATER',
+           'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'validate_params', 'resolve_params', 'cell_id',
+           'CellResult', 'ModelJob', 'model_params', 'cell_models', 'model_job_record', 'model_job_done',
+           'build_model_job', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -37,6 +40,7 @@ CELL_DEFAULTS = dict(
     seed=7,                      # global seed: splits, training, attacks
     num_shadows=3,               # K shadow models (the study uses 5)
     epochs=0,                    # dense training epochs (0 = the study's recipe: 100 images / 50 tabular); fine-tuning uses epochs // 2
+    channels_last=False,         # train convolutions in the channels-last memory layout (faster on CPUs; float-level differences)
     prune_method='l1_unstructured',  # a key of PRUNE_METHODS
     sparsity=0.7,                # fraction of the method's units removed, in [0, 1)
     structured_bn='keep',        # filter pruning: 'keep' the BatchNorm after a pruned filter (the study's) or 'zero' it (true removal)
@@ -175,10 +179,13 @@ def resolve_params(params: dict) -> dict:
              attacks=','.join(n for n in ATTACKS if n in names))  # registry order: 'all' and an explicit list agree
     return p
 
+# parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
+ADDED_LATER = {'channels_last': False}
+
 def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
     p = resolve_params(params)
-    sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC}
+    sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return f"{p['dataset']}-{p['arch']}-{p['prune_method']}-{p['sparsity']:g}-{p['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
 
 
@@ -198,15 +205,18 @@ def _key(info_or_record) -> str:
     return info_or_record['key'] if 'key' in info_or_record else Path(info_or_record['cache_entry']).name
 
 def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache, device, keys, progress, other=None):
-    "Features + attacks for one model state, cached by the models' keys and the attack settings; `other`: the other release (two_release)."
+    "Features + attacks for one model state (cached by the models' keys and the attack settings): metrics, scores, attack seconds, built here."
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
            'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
     if other is not None: key['other_release'] = other['keys']
+    built = {}
     def build(tmp: Path):
+        built['yes'] = True
         pop = population_indices(splits, cap=2000, seed=p['seed'])
-        kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device)
+        kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device,
+                  progress=bool(progress) and not in_test())  # a bar over each model's sensitivity batches (minutes on real data)
         shadow = shadow_attack_data(shadows, ds, splits, extra_references=refs, population_idx=pop, **kw)
         v = splits.victim
         idx = np.concatenate([v.train, v.test])
@@ -229,26 +239,137 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
         save_json(tmp / 'metrics.json', {n: r.metrics for n, r in res.items()})
         save_json(tmp / 'timing.json', {n: r.seconds for n, r in res.items()})
     entry = cache.get_or_build('attack_state', key, build)
-    return load_json(entry / 'metrics.json'), load_arrays(entry / 'scores.npz'), load_json(entry / 'timing.json')
+    return load_json(entry / 'metrics.json'), load_arrays(entry / 'scores.npz'), load_json(entry / 'timing.json'), bool(built)
+
 
 # %% ../nbs/10_pipeline.ipynb #b9385d59
+# what a dense model depends on (the splits depend on num_shadows); a reference model also on num_references (its IN/OUT design)
+DENSE_MODEL_KEYS = ('dataset', 'data_root', 'subsample', 'arch', 'seed', 'num_shadows', 'epochs', 'channels_last')
+MODEL_JOB_KINDS = ('dense', 'pruned')
+
+@dataclass
+class ModelJob:
+    "One model a cell needs, trained once into the cache by `build_model_job`."
+    key: str # stable id: kind, role, dataset, arch, seed and a hash of `params`
+    kind: str # 'dense' or 'pruned'
+    role: str # 'victim', 'shadow{k}' or 'reference{r}'
+    params: dict # what the model depends on (see `model_params`)
+    after: tuple = () # keys of the jobs it needs first (a pruned model: its dense one)
+
+def _cell_data(q: dict):
+    "The data pool and dense recipe of a cell (or of a model job's params)."
+    ds = subsample_dataset(load_dataset(q['dataset'], q['data_root'] or None), q['subsample'], q['seed'])
+    return ds, default_train_config(ds.kind, **({'epochs': q['epochs']} if q['epochs'] else {}), channels_last=q.get('channels_last', False))
+
+def _num_references(p: dict) -> int:
+    "R: the cell's reference models (only online LiRA uses them)."
+    return p['num_references'] if 'lira_online' in resolve_attacks(p['attacks']) else 0
+
+def _reference_design(p: dict, sp):
+    "The reference models' in-mask and splits of a cell with splits `sp` (none without online LiRA)."
+    R = _num_references(p)
+    return reference_splits(sp, R, p['seed']) if R else (np.zeros((0, 0), bool), [])
+
+def _role_split(role: str, sp, ref_splits):
+    return sp.victim if role == 'victim' else sp.shadows[int(role[6:])] if role.startswith('shadow') else ref_splits[int(role[9:])]
+
+def model_params(p: dict, # resolved cell parameters (`resolve_params`)
+                 role: str, # 'victim', 'shadow{k}' or 'reference{r}'
+                 kind: str, # 'dense' or 'pruned'
+                ) -> dict:
+    "What model (`kind`, `role`) of cell `p` depends on: its data, split design and recipe, and for a pruned one its pruning and defense."
+    q = {k: p[k] for k in DENSE_MODEL_KEYS}
+    if role.startswith('reference'): q['num_references'] = p['num_references']
+    if kind == 'pruned':
+        victim = role == 'victim'
+        defended = (victim or p['adaptive']) and p['defense'] != 'none'  # shadows and references: the adaptive adversary's
+        q.update(method=p['prune_method'] if victim else p['shadow_prune_method'], sparsity=p['sparsity'] if victim else p['shadow_sparsity'],
+                 structured_bn=p['structured_bn'], defense=p['defense'] if defended else 'none',
+                 defense_param=p['defense_param'] if defended else -1.0)
+    return q
+
+def _dense_call(q, role, ds, split, cfg, cache, device, progress) -> dict:
+    "`train_cached`'s arguments for dense model `role` (`q`: its `model_params`), as `dense_models` trains it."
+    return dict(ds=ds, split=split, arch=q['arch'], cfg=cfg, seed=role_seed(q['seed'], role), role=role, cache=cache,
+                device=device, progress=progress)
+
+def _pruned_call(q, role, ds, split, dense_model, dense_record, cfg, cache, device, progress) -> dict:
+    "`pruned_model`'s arguments for pruned model `role` (`q`: its `model_params`); the one definition run_cell and a model job use."
+    defense = make_defense(q['defense'], None if q['defense_param'] == -1 else q['defense_param']) if q['defense'] != 'none' else 'none'
+    return dict(dense_model=dense_model, ds=ds, split=split, arch=q['arch'], method=q['method'], sparsity=q['sparsity'], defense=defense,
+                cfg=cfg, seed=role_seed(q['seed'], role), structured_bn=q['structured_bn'], cache=cache, dense_hash=_key(dense_record),
+                device=device, progress=progress)
+
+def _job_key(kind: str, role: str, q: dict) -> str:
+    ident = dict(q, kind=kind, role=role)
+    if kind == 'pruned' and not PRUNE_METHODS[q['method']].uses_structured_bn: ident.pop('structured_bn')  # not in its cache key
+    return f"{kind}-{role}-{q['dataset']}-{q['arch']}-s{q['seed']}-{config_hash(ident, 12)}"
+
+def _pruned_roles(p: dict) -> list[str]:
+    "The roles with a pruned model: the victim, the shadows (unless dense_shadows) and every reference model."
+    return (['victim'] + ([] if p['dense_shadows'] else [f'shadow{k}' for k in range(p['num_shadows'])])
+            + [f'reference{r}' for r in range(_num_references(p))])
+
+def cell_models(params: dict, # a cell's parameters (validated and resolved here)
+               ) -> list[ModelJob]:
+    "The distinct models a cell trains, dense ones first, each pruned one after its dense one."
+    p = resolve_params(params)
+    roles = ['victim'] + [f'shadow{k}' for k in range(p['num_shadows'])] + [f'reference{r}' for r in range(_num_references(p))]
+    dense = {r: ModelJob(_job_key('dense', r, q := model_params(p, r, 'dense')), 'dense', r, q) for r in roles}
+    pruned = [ModelJob(_job_key('pruned', r, q := model_params(p, r, 'pruned')), 'pruned', r, q, (dense[r].key,)) for r in _pruned_roles(p)]
+    return list(dense.values()) + pruned
+
+def model_job_record(job: ModelJob, cache_dir) -> Path:
+    "Where a finished job records its cache entry (`<cache>/model_jobs/<key>.json`)."
+    return Path(cache_dir) / 'model_jobs' / f'{job.key}.json'
+
+def model_job_done(job: ModelJob, cache_dir) -> bool:
+    "True when `job` ran before on this cache and its entry is still there and intact (its cells need not wait)."
+    try: rec = load_json(model_job_record(job, cache_dir))
+    except Exception: return False
+    cache = ArtifactCache(cache_dir)
+    return rec.get('key') == job.key and cache.verify(Path(cache_dir) / rec['kind'] / rec['entry'])
+
+def build_model_job(job: ModelJob, # from `cell_models`
+                    cache_dir: str | Path, # the artifact cache the cells use
+                    threads: int = 0, # torch CPU threads (0 = torch's default)
+                    device: str = 'auto', # where to train
+                    progress: bool = False, # progress bars
+                   ) -> dict:
+    "Train (or find) exactly the model of `job` in the cache, through the functions and arguments `run_cell` uses."
+    if job.kind not in MODEL_JOB_KINDS: raise ValueError(f'model job kind must be one of {MODEL_JOB_KINDS}, got {job.kind!r}')
+    t0, old = time.time(), torch.get_num_threads()
+    if threads: torch.set_num_threads(threads)
+    try:
+        q, role = job.params, job.role
+        seed_everything(q['seed'])
+        dev, cache = get_device(device), ArtifactCache(cache_dir or None)
+        ds, cfg = _cell_data(q)
+        sp = get_splits(ds, len(ds), q['seed'], q['num_shadows'], cache=cache)  # as dense_models draws them
+        ref_splits = reference_splits(sp, q['num_references'], q['seed'])[1] if role.startswith('reference') else []
+        split = _role_split(role, sp, ref_splits)
+        dense, record = train_cached(**_dense_call(q, role, ds, split, cfg, cache, dev, progress))
+        entry = ('dense_model', record['key'])
+        if job.kind == 'pruned':
+            _, info = pruned_model(**_pruned_call(q, role, ds, split, dense, record, cfg, cache, dev, progress))
+            entry = ('pruned_model', Path(info['cache_entry']).name)
+    finally: torch.set_num_threads(old)
+    use = cache_use(cache.events)
+    out = {'key': job.key, 'kind': job.kind, 'role': role, 'entry': entry[1], 'built': entry[1] in use.get(entry[0], {}).get('built_keys', []),
+           'seconds': round(time.time() - t0, 3), 'cache_use': use}
+    save_json(model_job_record(job, cache.root), {'key': job.key, 'kind': entry[0], 'entry': entry[1]})
+    return out
+
 def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress):
     "Pruned victim (with defense), shadows (adversary's method/sparsity; defense if adaptive), references."
-    sp = dense.splits
-    defense = _make_defense(p)
-    def one(model, split, method, sparsity, record, defended, seed):
-        return pruned_model(model, ds, split, p['arch'], method, sparsity, defense=defense if defended else 'none', cfg=cfg, seed=seed,
-                            structured_bn=p['structured_bn'], cache=cache, dense_hash=_key(record), device=device, progress=progress)
-    sm, ss = p['shadow_prune_method'], p['shadow_sparsity']
-    jobs = [('victim', dense.victim, sp.victim, p['prune_method'], p['sparsity'], dense.records['victim'], True, p['seed'])]
-    if not p['dense_shadows']:
-        jobs += [(f'shadow{k}', m, s, sm, ss, dense.records[f'shadow{k}'], p['adaptive'], shadow_seed(p['seed'], k))
-                 for k, (m, s) in enumerate(zip(dense.shadows, sp.shadows))]
-    jobs += [(f'reference{r}', m, s, sm, ss, rec, p['adaptive'], reference_seed(p['seed'], r))
-             for r, ((m, rec), s) in enumerate(zip(refs_dense, ref_splits))]
+    models = {'victim': (dense.victim, dense.records['victim'])}
+    models.update({f'shadow{k}': (m, dense.records[f'shadow{k}']) for k, m in enumerate(dense.shadows)})
+    models.update({f'reference{r}': mr for r, mr in enumerate(refs_dense)})
     out = {}
-    for role, model, split, method, sparsity, record, defended, seed in tqdm(jobs, desc='prune + fine-tune', disable=not progress or in_test(), leave=False):
-        out[role] = one(model, split, method, sparsity, record, defended, seed)
+    for role in tqdm(_pruned_roles(p), desc='prune + fine-tune', disable=not progress or in_test(), leave=False):
+        model, record = models[role]
+        out[role] = pruned_model(**_pruned_call(model_params(p, role, 'pruned'), role, ds, _role_split(role, dense.splits, ref_splits),
+                                                model, record, cfg, cache, device, progress))
     return out
 
 def run_cell(progress: bool = True, # progress bars
@@ -264,15 +385,14 @@ def run_cell(progress: bool = True, # progress bars
     device = get_device(p['device'])
     seed_everything(p['seed'])
     cache = ArtifactCache(p['cache_dir'] or None)
-    ds = subsample_dataset(load_dataset(p['dataset'], p['data_root'] or None), p['subsample'], p['seed'])
-    cfg = default_train_config(ds.kind, **({'epochs': p['epochs']} if p['epochs'] else {}))
+    ds, cfg = _cell_data(p)
     names = resolve_attacks(p['attacks'])
     timings = {}
     dense = dense_models(ds, p['arch'], p['seed'], p['num_shadows'], cfg, cache, device=device, progress=progress)
     sp = dense.splits
-    R = p['num_references'] if 'lira_online' in names else 0
-    ref_masks, ref_splits = reference_splits(sp, R, p['seed']) if R else (np.zeros((0, 0), bool), [])
-    refs_dense = [train_cached(ds, s, p['arch'], cfg, reference_seed(p['seed'], r), f'reference{r}', cache, device, progress)
+    R = _num_references(p)
+    ref_masks, ref_splits = _reference_design(p, sp)
+    refs_dense = [train_cached(**_dense_call(model_params(p, f'reference{r}', 'dense'), f'reference{r}', ds, s, cfg, cache, device, progress))
                   for r, s in enumerate(ref_splits)]
     timings['dense'] = time.time() - t0
     pruned = _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress)
@@ -289,6 +409,7 @@ def run_cell(progress: bool = True, # progress bars
                        keys=[_key(pv_info)] + (dense_keys[1:] if p['dense_shadows'] else [_key(pruned[f'shadow{k}'][1]) for k in range(K)])
                             + [_key(pruned[f'reference{r}'][1]) for r in range(R)]),
     }
+    models_use = cache_use(cache.events)  # the models (and splits) this cell trained vs found
     acc = {'dense': {'test_acc': accuracy(dense.victim, ds, sp.victim.test), 'train_acc': accuracy(dense.victim, ds, sp.victim.train),
                      'measured_sparsity': 0.0},
            'pruned': {'test_acc': pv_info['test_acc'], 'train_acc': pv_info['train_acc'],
@@ -296,15 +417,16 @@ def run_cell(progress: bool = True, # progress bars
     base = {k: p[k] for k in CELL_DEFAULTS if k not in NON_SEMANTIC}
     base.update(cell_id=cell_id(p), defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'))
     acc['dense']['epsilon'], acc['pruned']['epsilon'] = float('nan'), pv_info.get('epsilon', float('nan'))  # the DP accountant's
-    metrics, rows, scores, divergence = {}, [], {}, {}
+    metrics, rows, scores, divergence, attack_states = {}, [], {}, {}, {}
     for state in STATES:
         s = states[state]
         t1 = time.time()
         state_names = [n for n in names if n != 'two_release' or state == 'pruned']  # two releases: the dense one and the pruned one
-        met, arr, att_time = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, state_names, p, cache, device, s['keys'],
-                                            progress, other=states['dense'] if state == 'pruned' and 'two_release' in names else None)
+        met, arr, att_time, built = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, state_names, p, cache, device,
+                                                   s['keys'], progress, other=states['dense'] if state == 'pruned' and 'two_release' in names else None)
         timings[f'attacks_{state}'] = time.time() - t1
-        timings[f'attacks_{state}_built'] = att_time
+        if built: timings[f'attacks_{state}_built'] = att_time  # per attack: seconds spent in this cell
+        attack_states[state] = {'cached': not built} | ({} if built else {'seconds_when_built': att_time})  # not work redone here
         for k, v in acc[state].items(): metrics[f'{state}/{k}'] = v
         for n in state_names:
             for k, v in met[n].items(): metrics[f'{state}/{n}/{k}'] = v
@@ -318,6 +440,9 @@ def run_cell(progress: bool = True, # progress bars
     prov = {'env': env_info(device), 'data': _data_provenance(ds),
             'split_hashes': {'victim': splits_hash(sp.victim), **{f'shadow{k}': splits_hash(s) for k, s in enumerate(sp.shadows)}},
             'cache_keys': {st: states[st]['keys'] for st in STATES}, 'skipped_attacks': skipped, 'timings': timings,
+            'models': {k: models_use.get(k, {'built': 0, 'found': 0, 'built_keys': [], 'found_keys': [], 'build_seconds': 0.0})
+                       for k in ('dense_model', 'pruned_model')},
+            'attack_states': attack_states,
             'split_sizes': {'victim': sp.victim.sizes(), 'shadows': [s.sizes() for s in sp.shadows]},
             'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id'],
             'resolved_params': p}

@@ -90,7 +90,7 @@ def pruned_model_key(dense_hash: str, # identifies the dense model (its `state_h
     d = make_defense(defense)
     key = {'dense': dense_hash, 'arch': arch, 'dataset': ds.name, 'n': len(ds), 'method': method,
            'sparsity': check_sparsity(sparsity), 'options': prune_options(method, options, seed),
-           'recipe': asdict(cfg) if method == 'imp' else asdict(cfg.fine_tune()), 'defense': d.key(), 'seed': int(seed),
+           'recipe': cfg.key() if method == 'imp' else cfg.fine_tune().key(), 'defense': d.key(), 'seed': int(seed),
            'split': splits_hash(split), 'version': PRUNED_MODEL_VERSION}
     if PRUNE_METHODS[method].uses_structured_bn: key['structured_bn'] = check_structured_bn(structured_bn)
     return key

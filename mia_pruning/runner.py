@@ -12,7 +12,8 @@ from .runs import finish_run, clear_folder, swap_in, plain_folder
 from .executors import THREAD_VARS
 
 # %% auto #0
-__all__ = ['TEMPLATE_ENV', 'template_path', 'load_template', 'kernel_guard_source', 'error_summary', 'execute_cell']
+__all__ = ['TEMPLATE_ENV', 'KERNEL_START_TRIES', 'template_path', 'load_template', 'kernel_guard_source', 'error_summary',
+           'kernel_start_failed', 'execute_cell']
 
 # %% ../nbs/10e_runner.ipynb #ef915ade
 TEMPLATE_ENV = 'MIA_PRUNING_TEMPLATE'
@@ -72,6 +73,13 @@ def error_summary(e: BaseException) -> str:
     if hasattr(e, 'ename') and hasattr(e, 'evalue'): return f'{e.ename}: {e.evalue}'.strip()[:500]
     return f'{type(e).__name__}: {e}'.strip()[:500]
 
+KERNEL_START_TRIES = 3  # attempts to start a cell's kernel (a start failure runs no code, so a retry repeats nothing)
+
+def kernel_start_failed(e: BaseException) -> bool:
+    "Whether papermill's error `e` means the kernel never started (died before its first reply, or its ports were taken)."
+    text = f'{type(e).__name__}: {e}'
+    return any(s in text for s in ('Kernel died before replying to kernel_info', 'Address already in use', 'Kernel didn\'t respond in'))
+
 def execute_cell(task: dict) -> dict:
     "Run one cell's notebook: `task` has cell_id, params, run_dir, template (JSON text), and optionally stage, threads, timeout, deathsig."
     import papermill as pm
@@ -89,10 +97,16 @@ def execute_cell(task: dict) -> dict:
         logging.getLogger('papermill').setLevel(logging.ERROR)  # not "Passed unknown parameter" per cell
         logging.getLogger('traitlets').setLevel(logging.CRITICAL)  # nbclient's own log: a failure comes back as an exception
         guard = kernel_guard_source(os.getpid(), task.get('deathsig', True))
-        pm.execute_notebook(nb, str(work / 'run.ipynb'), parameters={**task['params'], 'out_dir': str(work)},
-                            kernel_name='python3', progress_bar=False, log_output=False, start_timeout=300,
-                            execution_timeout=task.get('timeout'), resources={'metadata': {'path': str(work)}},
-                            extra_arguments=['--IPKernelApp.log_level=50', f'--IPKernelApp.exec_lines={guard}'])
+        for attempt in range(KERNEL_START_TRIES):
+            try:
+                pm.execute_notebook(nb, str(work / 'run.ipynb'), parameters={**task['params'], 'out_dir': str(work)},
+                                    kernel_name='python3', progress_bar=False, log_output=False, start_timeout=300,
+                                    execution_timeout=task.get('timeout'), resources={'metadata': {'path': str(work)}},
+                                    extra_arguments=['--IPKernelApp.log_level=50', f'--IPKernelApp.exec_lines={guard}'])
+                break
+            except Exception as e:  # a kernel that died while starting (e.g. two kernels raced for a port) ran nothing: start again
+                if attempt + 1 == KERNEL_START_TRIES or not kernel_start_failed(e): raise
+                clear_folder(work); work.mkdir(parents=True)
         # the kernel has ended: only now may the folder be called complete
         try: finish_run(work, task['cell_id'])
         except ValueError as e:

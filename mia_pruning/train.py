@@ -34,6 +34,7 @@ class TrainConfig:
     amp: bool = True # mixed precision on CUDA (ignored on CPU)
     eval_batch_size: int = 1024 # batch size for prediction
     max_batches: int | None = None # cap on batches per epoch (smoke tests of big models)
+    channels_last: bool = False # train convolutions in the channels-last memory layout (about 1.7x per step for the cnn on a CPU; float-level differences)
 
     def __post_init__(self):
         ints = {'epochs': 1, 'batch_size': 1, 'patience': 0, 'eval_batch_size': 1}
@@ -45,8 +46,15 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (k == 'lr' and v == 0):
                 raise ValueError(f'TrainConfig.{k} must be a finite number {"> 0" if k == "lr" else ">= 0"}, got {v!r}')
         if self.optimizer not in ('adam', 'sgd'): raise ValueError(f"TrainConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not isinstance(self.channels_last, bool): raise ValueError(f'TrainConfig.channels_last must be True or False, got {self.channels_last!r}')
         if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
             raise ValueError(f'TrainConfig.max_batches must be None or an integer >= 1, got {self.max_batches!r}')
+
+    def key(self) -> dict:
+        "The recipe as it enters cache keys: every field, `channels_last` only when on (so the default recipe keeps its old keys)."
+        d = asdict(self)
+        if not d['channels_last']: del d['channels_last']
+        return d
 
     def fine_tune(self) -> 'TrainConfig':
         "The study's fine-tuning recipe: the same, for epochs // 2."
@@ -169,6 +177,8 @@ def train_model(model: nn.Module, # the model to train (in place)
     model.to(device)
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
+    cl = cfg.channels_last and any(isinstance(mod, nn.Conv2d) for mod in model.modules())
+    if cl: model.to(memory_format=torch.channels_last)  # parameters change layout in place, before the optimizer sees them
     opt = make_optimizer(model, cfg)
     use_amp = cfg.amp and hooks.amp and device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
@@ -180,6 +190,7 @@ def train_model(model: nn.Module, # the model to train (in place)
             net.train()
             te, tot_loss, tot_correct, tot_n = time.time(), 0.0, 0, 0
             for b, (x, y) in enumerate(hooks.batches(ds, train_idx, cfg, gen, device)):
+                if cl and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
                 with (torch.autocast(device.type) if use_amp else contextlib.nullcontext()):
                     logits = net(x)
                     if not len(y): loss = logits.sum() * 0.0   # an empty (Poisson-sampled) batch: still a step
@@ -203,6 +214,7 @@ def train_model(model: nn.Module, # the model to train (in place)
             bar.set_postfix(loss=f'{tot_loss / max(tot_n, 1):.3f}', dev=f'{dev_acc:.3f}')
             if dev_acc > best_acc: best_acc, best_epoch, best_state = dev_acc, epoch, _state_copy(model)
             elif cfg.patience and epoch - best_epoch >= cfg.patience: break
+    if cl: model.to(memory_format=torch.contiguous_format)  # the caller gets the usual layout back
     model.load_state_dict(best_state)
     return TrainResult(model, history, best_epoch, best_acc, time.time() - t0)
 
@@ -222,7 +234,7 @@ FUSED_KEY = 'grouped-v1'  # the `fused` field of the cache key of fused-trained 
 
 def dense_key(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str, fused: bool = False) -> dict:
     "The cache key of one dense model; fused-trained models get a `fused` field, sequential ones keep their old key."
-    key = dict(dataset=ds.name, n=len(ds), data=ds.content_hash, arch=arch, split=splits_hash(split), recipe=asdict(cfg), seed=seed, role=role)
+    key = dict(dataset=ds.name, n=len(ds), data=ds.content_hash, arch=arch, split=splits_hash(split), recipe=cfg.key(), seed=seed, role=role)
     return key | {'fused': FUSED_KEY} if fused else key
 
 def train_cached(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str,

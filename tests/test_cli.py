@@ -175,6 +175,7 @@ def test_real_template_failure_is_reported(tmp_path, capsys):
     code, text, err = run(['run', 'dataset=cifar10', 'arch=resnet20', f'data_root={tmp_path / "empty"}',
                            '--out', str(tmp_path / 'o'), '--no-progress'], capsys)
     assert code == 1 and 'FAILED' in text and 'cifar10' in text.lower()
-    nb = next((tmp_path / 'o' / 'runs').iterdir()) / 'run.ipynb'
-    assert 'FileNotFoundError' in text and 'FileNotFoundError' in nb.read_text()  # the traceback is in the notebook
-    assert not (nb.parent / 'metrics.json').exists()
+    # the model task that needs the data fails first; its traceback is kept, and the cell never looks complete
+    tracebacks = list((tmp_path / 'o' / 'model_errors').iterdir())  # one per model task that failed (victim, shadows)
+    assert tracebacks and 'FileNotFoundError' in text and all('FileNotFoundError' in t.read_text() for t in tracebacks)
+    assert not any((tmp_path / 'o' / 'runs').glob('*/metrics.json'))

@@ -153,3 +153,49 @@ def test_two_release_runs_on_the_pruned_state_with_dense_and_pruned_shadow_pairs
     assert res.scores['pruned__score__two_release'].shape == res.scores['pruned__is_member'].shape
     skipped = run_cell(**TINY | {'attacks': 'all', 'dense_shadows': True, 'cache_dir': str(tmp_path)}).provenance['skipped_attacks']
     assert 'two_release' in skipped
+
+
+# ---------------------------------------------------------------- the models of a cell as jobs (model-level scheduling)
+from mia_pruning.pipeline import cell_models, build_model_job, model_job_done
+
+
+@pytest.mark.parametrize('variant, n_dense, n_pruned', [
+    ({'defense': 'ppb', 'adaptive': True}, 3, 3),                                    # defended shadows: the adaptive adversary's
+    ({'defense': 'ppb', 'dense_shadows': True}, 3, 1),                               # no pruned shadows
+    ({'shadow_prune_method': 'global_unstructured', 'shadow_sparsity': 0.7}, 3, 3),  # the adversary's own assumption
+    ({'arch': 'cnn', 'prune_method': 'l1_structured', 'structured_bn': 'zero', 'attacks': 'loss,lira_online',
+      'num_references': 4}, 7, 7),                                                   # references, dense and pruned
+])
+def test_model_jobs_train_exactly_what_the_cell_then_finds(variant, n_dense, n_pruned, tmp_path):
+    "Every model job trained first: run_cell trains nothing, and the cache holds exactly the plan's models."
+    p = TINY | {'cache_dir': str(tmp_path)} | variant
+    jobs = cell_models({k: v for k, v in p.items() if k != 'progress'})
+    assert [sum(j.kind == k for j in jobs) for k in ('dense', 'pruned')] == [n_dense, n_pruned]
+    assert len({j.key for j in jobs}) == len(jobs) and all(j.after == () for j in jobs if j.kind == 'dense')
+    by_key = {j.key: j for j in jobs}
+    assert all(by_key[j.after[0]].role == j.role and by_key[j.after[0]].kind == 'dense' for j in jobs if j.kind == 'pruned')
+    assert not any(model_job_done(j, tmp_path) for j in jobs)
+    res = [build_model_job(j, tmp_path, threads=1, device='cpu') for j in jobs]
+    assert all(r['built'] for r in res) and all(model_job_done(j, tmp_path) for j in jobs)
+    cell = run_cell(**p)
+    m = cell.provenance['models']
+    assert (m['dense_model']['built'], m['pruned_model']['built']) == (0, 0), m
+    assert (m['dense_model']['found'], m['pruned_model']['found']) == (n_dense, n_pruned)
+    assert sorted(m['pruned_model']['found_keys']) == sorted(r['entry'] for r in res if r['kind'] == 'pruned')
+    assert len(list((tmp_path / 'pruned_model').iterdir())) == n_pruned
+
+
+def test_model_job_identity_tracks_what_changes_a_model():
+    "Two cells share a job exactly when its model is the same; a setting that cannot change it does not split it."
+    plain = {k: v for k, v in TINY.items() if k != 'progress'}
+    keys = lambda **kw: {(j.kind, j.role): j.key for j in cell_models(plain | kw)}
+    base = keys()
+    assert keys(attacks='gap,conf', n_boot=50, attack_epochs=2) == base                 # attacks: no model changes
+    assert keys(structured_bn='zero') == base                                           # not a filter method: no effect
+    ppb = keys(defense='ppb')
+    assert ppb[('pruned', 'victim')] != base[('pruned', 'victim')] and ppb[('pruned', 'shadow0')] == base[('pruned', 'shadow0')]
+    assert {k: v for k, v in keys(sparsity=0.7).items() if k[0] == 'dense'} == {k: v for k, v in base.items() if k[0] == 'dense'}
+    assert all(keys(num_shadows=3)[k] != v for k, v in base.items())                    # other splits: every model differs
+    assert keys(seed=8)[('dense', 'victim')] != base[('dense', 'victim')]
+    assert keys(data_root='/elsewhere')[('dense', 'victim')] != base[('dense', 'victim')]
+    with pytest.raises(ValueError, match='unknown prune method'): cell_models(plain | {'prune_method': 'magnitude'})

@@ -1,0 +1,182 @@
+"""Model-level scheduling of a grid: every distinct model is trained once, as its own task, before the cells that use it;
+the cells give the same numbers as a cell trained on its own; the per-entry cache lock; a real Dask scheduler.
+
+The grids here are tiny (digits, mlp, 1 shadow, 2 epochs, two threshold attacks) and run the real experiment notebook.
+"""
+import json, os, socket, subprocess, sys, textwrap, time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mia_pruning import grid as G
+from mia_pruning import pipeline as P
+from mia_pruning.core import ArtifactCache, cache_use
+
+TINY = {'dataset': 'digits', 'arch': 'mlp', 'num_shadows': 1, 'epochs': 2, 'attack_epochs': 1, 'attacks': 'loss,conf',
+        'n_boot': 0, 'num_references': 0, 'sparsity': 0.5}
+METHODS = ['l1_unstructured', 'global_unstructured']
+SPEC = {'name': 'sched', 'fixed': TINY, 'axes': {'prune_method': METHODS}}
+
+
+def canon(d) -> str: return json.dumps(d, sort_keys=True, default=str)  # NaN-safe equality
+
+
+def entries(cache: Path, kind: str) -> list[str]:
+    d = cache / kind
+    return sorted(p.name for p in d.iterdir() if not p.name.startswith('.')) if d.is_dir() else []
+
+
+def distinct_jobs() -> dict:
+    jobs = {j.key: j for m in METHODS for j in P.cell_models({**TINY, 'prune_method': m})}
+    return {k: sum(j.kind == k for j in jobs.values()) for k in ('dense', 'pruned')}
+
+
+def summary_metrics(out: Path) -> pd.DataFrame:
+    df = pd.read_csv(out / 'summary.csv')
+    cols = [c for c in ('cell_id', 'model_state', 'attack', 'attack_acc', 'auc', 'test_acc', 'train_acc') if c in df]
+    return df[cols].sort_values(['cell_id', 'model_state', 'attack']).reset_index(drop=True)
+
+
+@pytest.fixture(scope='module')
+def local_grid(tmp_path_factory):
+    "The tiny grid, model-level scheduling, a local pool of 2 workers, one torch thread each, a fresh cache."
+    root = tmp_path_factory.mktemp('local')
+    old = os.environ.get('MIA_PRUNING_CACHE')
+    os.environ['MIA_PRUNING_CACHE'] = str(root / 'cache')
+    try: rep = G.run_grid(SPEC, out_dir=root / 'out', workers=2, threads=1, progress=False)
+    finally:
+        if old is None: os.environ.pop('MIA_PRUNING_CACHE', None)
+        else: os.environ['MIA_PRUNING_CACHE'] = old
+    assert rep.ok, rep  # (every test below reads this grid)
+    return root, rep
+
+
+def test_each_distinct_model_is_trained_once(local_grid):
+    root, rep = local_grid
+    assert rep.ok, rep
+    want = distinct_jobs()
+    assert want == {'dense': 2, 'pruned': 4}  # the two methods share the dense victim and shadow
+    cache = root / 'cache'
+    assert (len(entries(cache, 'dense_model')), len(entries(cache, 'pruned_model'))) == (want['dense'], want['pruned'])
+    # every model task ran once and built its model; the cells then trained nothing
+    assert len(rep.models) == sum(want.values()) and all(r['built'] for r in rep.models.values()), rep.models
+    assert sorted(r['entry'] for r in rep.models.values() if r['kind'] == 'dense') == entries(cache, 'dense_model')
+    assert sorted(r['entry'] for r in rep.models.values() if r['kind'] == 'pruned') == entries(cache, 'pruned_model')
+    for cid in rep.cell_ids:
+        prov = json.loads((root / 'out' / 'runs' / cid / 'params.json').read_text())['provenance']
+        assert {k: (v['built'], v['found']) for k, v in prov['models'].items()} == {'dense_model': (0, 2), 'pruned_model': (0, 2)}
+        assert prov['attack_states']['pruned'] == {'cached': False}
+        assert 'attacks_pruned_built' in prov['timings']  # each cell built its own pruned attack state
+    # the two cells share the dense state: exactly one of them built it, the other found it (not presented as redone)
+    states = [json.loads((root / 'out' / 'runs' / c / 'params.json').read_text())['provenance'] for c in rep.cell_ids]
+    assert sorted(s['attack_states']['dense']['cached'] for s in states) == [False, True]
+    assert sorted('attacks_dense_built' in s['timings'] for s in states) == [False, True]
+    # grid.json: the wall seconds and where the time went
+    g = json.loads((root / 'out' / 'grid.json').read_text())
+    assert g['schedule'] == 'models' and g['seconds'] > 0 and g['stages']['models']['trained'] == 6
+    assert g['stages']['cells']['ran'] == 2 and g['stages']['run_cell']['runs'] == 2
+    assert g['stages']['run_cell']['seconds']['total'] > 0 and 'model tasks: 6 (6 trained' in rep.stage_summary()
+
+
+def test_cells_whose_models_are_cached_do_not_wait(local_grid):
+    root, rep = local_grid
+    cache = str(root / 'cache')
+    cts = [{'cell_id': f'c{i}', 'params': {**TINY, 'prune_method': m, 'cache_dir': cache}} for i, m in enumerate(METHODS)]
+    plan = G.plan_tasks(cts)
+    assert [(t.key, t.after) for t in plan] == [('c0', ()), ('c1', ())]
+    other = G.plan_tasks([{**cts[0], 'params': {**cts[0]['params'], 'sparsity': 0.6}}])  # new pruned models, cached dense ones
+    assert [t.key.split('-')[0] for t in other] == ['model:pruned', 'model:pruned', 'c0'] and len(other[-1].after) == 2
+
+
+def test_same_metrics_as_a_cell_trained_on_its_own(local_grid, tmp_path):
+    "Cell-level: run_cell trains every model of the cell itself, in another cache; the numbers are the same."
+    root, rep = local_grid
+    for m in METHODS[:1]:
+        res = P.run_cell(progress=False, cache_dir=str(tmp_path / 'alone'), threads=1, **{**TINY, 'prune_method': m})
+        cid = res.provenance['cell_id']
+        assert cid in rep.cell_ids
+        got = json.loads((root / 'out' / 'runs' / cid / 'metrics.json').read_text())
+        assert canon(got) == canon(res.metrics) and len(got) > 10
+        use = res.provenance['models']
+        assert (use['dense_model']['built'], use['pruned_model']['built']) == (2, 2)  # it trained them itself
+
+
+def test_a_failing_model_task_fails_its_cells_clearly(tmp_path, monkeypatch):
+    def broken(job, *a, **k): raise RuntimeError(f'cannot train {job.role}')
+    monkeypatch.setattr(P, 'build_model_job', broken)  # workers=1: the tasks run in this process
+    rep = G.run_grid(SPEC, out_dir=tmp_path / 'out', workers=1, progress=False)
+    assert not rep.ok and sorted(rep.failed) == sorted(rep.cell_ids) and rep.ran == []
+    assert all('its model(s) could not be trained' in e and 'cannot train' in e for e in rep.failed.values()), rep.failed
+    assert all('not run: 2 task(s) it needs failed' in e for e in rep.failed.values())  # the root causes: the dense models
+    errs = {r['role'] + '/' + r['kind']: r['error'] for r in rep.models.values()}
+    assert len(rep.models) == 6 and all(('cannot train' if k.endswith('dense') else 'DependencyFailed: not run') in e
+                                        for k, e in errs.items()), errs  # the pruned ones never ran
+    g = json.loads((tmp_path / 'out' / 'grid.json').read_text())
+    assert set(g['cells'].values()) == {'failed'} and g['stages']['models']['failed'] == 6
+
+
+LOCK_SCRIPT = '''
+import sys, os, time
+from pathlib import Path
+from mia_pruning.core import ArtifactCache
+root, log = sys.argv[1], Path(sys.argv[2])
+def build(tmp):
+    with open(log, 'a') as f: f.write(f'build {os.getpid()}\\n')
+    time.sleep(1.0); (tmp / 'x.txt').write_text(str(os.getpid()))
+e = ArtifactCache(root).get_or_build('demo', {'k': 1}, build)
+with open(log, 'a') as f: f.write(f'got {os.getpid()} {(e / "x.txt").read_text()}\\n')
+'''
+
+
+def test_two_processes_build_one_entry_once(tmp_path):
+    log = tmp_path / 'log.txt'
+    procs = [subprocess.Popen([sys.executable, '-c', LOCK_SCRIPT, str(tmp_path / 'cache'), str(log)]) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    lines = [l.split() for l in log.read_text().splitlines()]
+    builds = [l for l in lines if l[0] == 'build']
+    got = [l for l in lines if l[0] == 'got']
+    assert len(builds) == 1 and len(got) == 2 and {l[2] for l in got} == {builds[0][1]}  # both load the one build
+    assert entries(tmp_path / 'cache', 'demo') == [ArtifactCache(tmp_path / 'cache').key_hash('demo', {'k': 1})]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def test_real_dask_scheduler_gives_the_local_pool_metrics(local_grid, tmp_path, monkeypatch):
+    pytest.importorskip('distributed')
+    root, rep = local_grid
+    monkeypatch.setenv('MIA_PRUNING_CACHE', str(tmp_path / 'cache'))
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    port = _free_port()
+    addr = f'tcp://127.0.0.1:{port}'
+    procs = [subprocess.Popen(['dask', 'scheduler', '--host', '127.0.0.1', '--port', str(port), '--no-dashboard'],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        from distributed import Client
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(('127.0.0.1', port), timeout=1): break
+            except OSError:
+                assert time.time() < deadline and procs[0].poll() is None, 'the Dask scheduler did not start'
+                time.sleep(0.3)
+        procs += [subprocess.Popen(['dask', 'worker', addr, '--nworkers', '1', '--nthreads', '1', '--no-dashboard'],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        with Client(addr, timeout=30) as c: c.wait_for_workers(2, timeout=90)
+        drep = G.run_grid(SPEC, out_dir=tmp_path / 'out', executor='dask', scheduler=addr, threads=1, progress=False)
+        assert drep.ok, drep
+        assert len(drep.models) == 6 and all(r['built'] for r in drep.models.values())
+        assert len(entries(tmp_path / 'cache', 'dense_model')) == 2 and len(entries(tmp_path / 'cache', 'pruned_model')) == 4
+        pd.testing.assert_frame_equal(summary_metrics(tmp_path / 'out'), summary_metrics(root / 'out'))
+        for cid in drep.cell_ids:
+            a = json.loads((tmp_path / 'out' / 'runs' / cid / 'metrics.json').read_text())
+            b = json.loads((root / 'out' / 'runs' / cid / 'metrics.json').read_text())
+            assert canon(a) == canon(b)
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+            try: p.wait(timeout=15)
+            except subprocess.TimeoutExpired: p.kill(); p.wait()
