@@ -376,7 +376,7 @@ def bench_attack_training(smoke: bool = False, # tiny sizes (seconds): no verdic
                           repeats: int | None = None, # timed one-epoch runs of each loop (default 3; smoke 2)
                          ) -> dict:
     "A SAMIA and an nn attack epoch with `train_attack_model` vs `plain_train_attack_model` (target >= 2x, |delta AUC| <= 0.005)."
-    from mia_pruning.bench import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, median, default_threads, sync
+    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, median, default_threads, sync
     t0, load0, threads = time.time(), load_average(), threads or default_threads(smoke)
     rows = rows or (384 if smoke else 13500)
     repeats = repeats or (2 if smoke else 3)

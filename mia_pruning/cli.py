@@ -8,8 +8,8 @@ import sys, argparse, difflib, importlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_CELLS_DEFAULT', 'parse_value', 'parse_assignments', 'build_parser', 'cmd_grid', 'cmd_run', 'cmd_report',
-           'cmd_bench', 'main']
+__all__ = ['MAX_CELLS_DEFAULT', 'parse_value', 'parse_assignments', 'build_parser', 'cmd_grid', 'cmd_run', 'full_report',
+           'cmd_report', 'cmd_bench', 'main']
 
 # %% ../nbs/11a_cli.ipynb #a5efd941
 _TRUE, _FALSE = {'true', '1', 'yes', 'y', 'on'}, {'false', '0', 'no', 'n', 'off'}
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     "The argparse parser of `mia-pruning` (bench is dispatched before it)."
     p = argparse.ArgumentParser(prog='mia-pruning', description='Membership inference against pruned neural networks: '
                                 'run grids of experiments, single cells and reports.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{grid,run,report,bench}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{grid,run,report,bench,notebooks}')
     def execution(q):
         q.add_argument('--out', metavar='DIR', help='output folder (default: outputs/<grid name>)')
         q.add_argument('--workers', type=int, metavar='N', help='cells run in parallel (default: min(cells, cores, 4))')
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser('grid', help='run a grid of cells (a preset or a YAML spec)',
                        description='Run every cell of a grid through the experiment notebook; complete cells are skipped.')
     g.add_argument('spec', nargs='?', metavar='SPEC.yaml', help='a YAML grid spec (name, axes, fixed, blocks)')
-    g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick or paper')
+    g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick, study, study_gpu or paper')
     g.add_argument('--executor', choices=['local', 'dask'], default='local', help='local process pool (default) or Dask')
     g.add_argument('--scheduler', metavar='ADDR', help='Dask scheduler address (default: a LocalCluster of --workers)')
     g.add_argument('--schedule', choices=['models', 'cells'], default='models',
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('out_dir', metavar='OUT_DIR')
     rp.add_argument('--cell', metavar='ID', help='cell whose prediction divergence is drawn (default: the reference-like cell)')
     sub.add_parser('bench', help='benchmarks (mia_pruning.bench; `mia-pruning bench --help`)', add_help=False)
+    sub.add_parser('notebooks', help='re-execute the documentation notebooks in place (mia_pruning.docs; `mia-pruning notebooks --help`)', add_help=False)
     return p
 
 
@@ -95,9 +96,9 @@ def _finish(report, args) -> int:
     print(report)
     if args.no_progress and report.stages: print(report.stage_summary())  # with progress on, run_grid printed it
     if not args.no_report and report.summary_path is not None:
-        from mia_pruning.report import load_summary, make_report
+        from mia_pruning.report import load_summary
         if len(load_summary(report.summary_path)):
-            res = make_report(report.out_dir)
+            res = full_report(report.out_dir)
             print(f"report: {len(res['written'])} figures/tables in {report.out_dir}/figures and /tables"
                   + ''.join(f'\n  skipped {k}: {v}' for k, v in res['skipped'].items()))
     return 0 if report.ok else 1
@@ -135,8 +136,17 @@ def cmd_run(args) -> int:
         print(df.pivot_table(index='attack', columns='model_state', values=cols).round(3).to_string())
     return code
 
-def cmd_report(args) -> int:
+def full_report(out_dir, cell: str | None = None) -> dict:
+    "`report.make_report`, then (with run folders) the claims tables of `claims.write_claims_tables`: {'written': ..., 'skipped': ...}."
     from mia_pruning.report import make_report
+    res = make_report(out_dir, cell=cell)
+    if (Path(out_dir) / 'runs').is_dir():
+        from mia_pruning.claims import write_claims_tables
+        try: res['written']['claims'] = write_claims_tables(out_dir)[0].parent
+        except (ValueError, KeyError, FileNotFoundError) as e: res['skipped']['claims'] = f'{type(e).__name__}: {e}'
+    return res
+
+def cmd_report(args) -> int:
     out = Path(args.out_dir)
     if not (out / 'runs').is_dir() and not (out / 'summary.csv').exists():
         raise ValueError(f'{str(out)!r} is not a grid output folder (no runs/ and no summary.csv)')
@@ -149,7 +159,7 @@ def cmd_report(args) -> int:
         for w in caught: print(f'warning: {w.message}', file=sys.stderr)
         print(f'summary.csv: {len(df)} rows from {df["cell_id"].nunique()} complete run(s)'
               + (f'; {len(df.attrs["not_in_spec"])} complete run(s) not in the current spec left out' if df.attrs.get('not_in_spec') else ''))
-    res = make_report(out, cell=args.cell)
+    res = full_report(out, cell=args.cell)
     for k, p in res['written'].items(): print(f'wrote {p}')
     for k, why in res['skipped'].items(): print(f'skipped {k}: {why}')
     return 0
@@ -171,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mia-pruning` console script; returns the exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == 'bench': return cmd_bench(argv[1:])
+    if argv and argv[0] == 'notebooks':
+        from mia_pruning.docs import main as notebooks
+        return int(notebooks(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         return {'grid': cmd_grid, 'run': cmd_run, 'report': cmd_report}[args.command](args)

@@ -5,13 +5,16 @@
 # %% ../nbs/14_docs.ipynb #269a752c
 from __future__ import annotations
 import ast, json, os, re, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 from .core import project_root
 
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'notebooks_dir', 'documentation_notebooks', 'output_problems',
-           'displays_output', 'missing_outputs', 'has_images', 'execute_notebook', 'execute_notebooks', 'main']
+__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'SCREENSHOT_NOTEBOOKS', 'notebooks_dir',
+           'documentation_notebooks', 'output_problems', 'displays_output', 'missing_outputs', 'has_images',
+           'execute_notebook', 'execute_notebooks', 'jupyter_server', 'server_notebook', 'output_mimes', 'chromium',
+           'screenshot_notebooks', 'main']
 
 # %% ../nbs/14_docs.ipynb #5449946a
 TEMPLATES = ('experiment.ipynb',)  # papermill templates: committed without outputs, never executed in place
@@ -66,13 +69,17 @@ def _flags(src: str) -> set[str]:
     "The nbdev directives of a cell (`#| export`, `#| slow`, ...)."
     return {w for line in src.splitlines() if line.startswith('#|') for w in line[2:].split()[:1]}
 
+RECORDED = '# recorded timings'  # a cell whose source says this shows durations read from a committed record (the same on every run)
+
 def output_problems(path: str | Path) -> list[str]:
     "One line per committed output of notebook `path` that holds a timing, a progress bar, an absolute path or a memory address."
     out = []
     for i, c in enumerate(_cells(path)):
+        recorded = RECORDED in _source(c)
         for o in c.get('outputs', []) or []:
             for text in _output_texts(o):
                 for what, rx in OUTPUT_PROBLEMS.items():
+                    if recorded and what == 'a timing': continue
                     m = rx.search(text)
                     if m: out.append(f'{Path(path).name} cell {i}: output holds {what} ({text[max(0, m.start() - 30):m.end() + 30]!r})')
     return out
@@ -94,7 +101,11 @@ def displays_output(src: str) -> bool:
 def missing_outputs(path: str | Path, skip_flags=SKIP_FLAGS) -> list[int]:
     "Indices of the code cells of notebook `path` that show something when run (and are run by the docs command) yet have no committed output."
     return [i for i, c in enumerate(_cells(path)) if c['cell_type'] == 'code' and not (_flags(_source(c)) & set(skip_flags))
-            and 'export' not in _flags(_source(c)) and displays_output(_source(c)) and not c.get('outputs')]
+            and 'export' not in _flags(_source(c)) and not _never_run(_source(c)) and displays_output(_source(c)) and not c.get('outputs')]
+
+def _never_run(src: str) -> bool:
+    "A cell marked `#| eval: false` (an example to read, never executed)."
+    return any(l.startswith('#|') and l[2:].replace(' ', '').lower() == 'eval:false' for l in src.splitlines())
 
 def has_images(path: str | Path) -> bool:
     "Whether any committed output of notebook `path` is an image."
@@ -142,23 +153,107 @@ def execute_notebooks(names=None, # notebook names or stems (default: every docu
                       skip_flags=SKIP_FLAGS, timeout: int | None = 600,
                       progress: bool = True, # one line per notebook
                      ) -> list[dict]:
-    "Re-execute the documentation notebooks in place, one after the other, each in a fresh shell (a subprocess)."
+    "Re-execute the documentation notebooks in place, one after the other, each in a fresh shell; the failed ones are named at the end."
     import subprocess
     paths = documentation_notebooks(nbs, names)
-    out = []
+    out, failed = [], {}
     for p in paths:
         code = (f'import json, sys; from mia_pruning.docs import execute_notebook; '
                 f'r = execute_notebook({str(p)!r}, {tuple(skip_flags)!r}, {timeout!r}); print("\\n" + json.dumps(r))')
         res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=p.parent)
-        if res.returncode != 0:
-            tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-            raise RuntimeError(f'executing {p.name} failed (the notebook was left as it was):\n' + '\n'.join(tail))
+        if res.returncode != 0:  # the others still run; this one keeps its committed outputs
+            failed[p.name] = '\n'.join((res.stderr or res.stdout).strip().splitlines()[-3:])
+            if progress: print(f'{p.name}: FAILED (left as it was)', flush=True)
+            continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
         out.append(r)
         if progress:
             flag = (f"; {len(r['problems'])} output problem(s)" if r['problems'] else '') + (f"; cells without output: {r['missing']}" if r['missing'] else '')
             print(f"{r['notebook']}: executed in {r['seconds']:.0f} s{flag}", flush=True)
+    if failed: raise RuntimeError(f'{len(failed)} notebook(s) failed to execute and were left as they were:\n'
+                                  + '\n'.join(f'- {k}: {v}' for k, v in failed.items()))
     return out
+
+
+# %% ../nbs/14_docs.ipynb #d25bbc61
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@contextmanager
+def jupyter_server(root: str | Path | None = None, # the folder it serves (default: the repository)
+                   lab: bool = True, # `jupyter lab` (else `jupyter server`)
+                   timeout: float = 120, # seconds to wait for it to answer
+                  ):
+    "A JupyterLab (or bare Jupyter server) on 127.0.0.1 with a random token, serving `root`; yields (base url, token), stopped on exit."
+    import secrets, subprocess, urllib.request
+    root = Path(root) if root is not None else notebooks_dir().parent
+    port, token = _free_port(), secrets.token_hex(16)
+    cmd = [sys.executable, '-m', 'jupyter', 'lab' if lab else 'server', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
+           f'--ServerApp.token={token}', f'--ServerApp.root_dir={root}', '--ServerApp.open_browser=False']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f'jupyter {"lab" if lab else "server"} exited with code {proc.returncode} before answering: '
+                                   + proc.stderr.read().decode(errors='replace')[-500:])
+            try:
+                with urllib.request.urlopen(f'{url}/api/status?token={token}', timeout=2) as r:
+                    if r.status == 200: break
+            except OSError: pass
+            if time.time() - t0 > timeout: raise TimeoutError(f'jupyter did not answer on {url} within {timeout:g} s')
+            time.sleep(0.5)
+        yield url, token
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=15)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+
+def server_notebook(url: str, token: str, path: str) -> dict:
+    "The notebook at `path` (relative to the server's root) as the server's contents API returns it (nbformat JSON in `content`)."
+    import urllib.request, urllib.parse
+    q = urllib.parse.quote(str(path))
+    with urllib.request.urlopen(f'{url}/api/contents/{q}?content=1&type=notebook&token={token}', timeout=30) as r:
+        model = json.loads(r.read().decode())
+    if model.get('type') != 'notebook': raise ValueError(f'{path} is not a notebook on the server (type {model.get("type")!r})')
+    return model
+
+def output_mimes(nb: dict) -> set[str]:
+    "Every MIME type among the outputs of a notebook's JSON (`image/png` where it shows figures)."
+    return {k for c in nb.get('cells', []) for o in c.get('outputs', []) or [] for k in (o.get('data') or {})}
+
+
+# %% ../nbs/14_docs.ipynb #2f848f4b
+SCREENSHOT_NOTEBOOKS = ('09_divergence', '20_results')
+
+def chromium() -> str:
+    "The path of a Chromium (or Chrome) binary (FileNotFoundError naming how to get one)."
+    import shutil
+    for name in ('chromium', 'chromium-browser', 'google-chrome', 'chrome'):
+        if shutil.which(name): return shutil.which(name)
+    raise FileNotFoundError('no Chromium found: install it with `apt-get install chromium` (Debian) and run this again')
+
+def screenshot_notebooks(names=SCREENSHOT_NOTEBOOKS, # notebook stems under nbs/
+                         out: str | Path | None = None, # folder of the PNGs (default: outputs/screenshots)
+                         size: tuple[int, int] = (1400, 2400), # window width and height in pixels
+                         wait_ms: int = 20000, # how long Chromium lets JupyterLab render before the screenshot
+                        ) -> list[Path]:
+    "Screenshots of JupyterLab showing each notebook, taken by a headless Chromium; for a person to look at what a reader sees."
+    import subprocess
+    browser = chromium()
+    out = Path(out) if out is not None else notebooks_dir().parent / 'outputs' / 'screenshots'
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+    with jupyter_server(lab=True) as (url, token):
+        for n in names:
+            dest = out / f'{n}.png'
+            subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', f'--window-size={size[0]},{size[1]}',
+                            f'--virtual-time-budget={wait_ms}', f'--screenshot={dest}', f'{url}/lab/tree/nbs/{n}.ipynb?token={token}'],
+                           check=True, capture_output=True, timeout=wait_ms / 1000 + 120)
+            shots.append(dest)
+    return shots
 
 
 # %% ../nbs/14_docs.ipynb #325e3051
@@ -170,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                                 'that no output holds a timing, a progress bar, an absolute path or a memory address.')
     p.add_argument('names', nargs='*', help='notebook names or stems (default: all but the experiment template)')
     p.add_argument('--check', action='store_true', help='do not execute: only check the committed outputs')
+    p.add_argument('--screenshot', action='store_true', help='instead: headless-Chromium screenshots of JupyterLab showing '
+                   f'{", ".join(SCREENSHOT_NOTEBOOKS)} (or NAMEs) into outputs/screenshots/')
     a = p.parse_args(argv)
+    if a.screenshot:
+        for shot in screenshot_notebooks(tuple(a.names) or SCREENSHOT_NOTEBOOKS): print(f'wrote {shot}')
+        return 0
     try: paths = documentation_notebooks(None, a.names or None)
     except ValueError as e: p.error(str(e))
     if not a.check: execute_notebooks([q.name for q in paths])

@@ -290,7 +290,7 @@ def _train_group(models, ds, pairs, cfg, seeds, device, progress, desc, channels
 # %% ../nbs/03a_fused.ipynb #0ef992db
 def _fused_case(arch, shape, m, n_train, n_dev, cfg, device):
     "Data, splits and the two ways to train `m` models of `arch`: fused and one after the other."
-    from mia_pruning.bench import synthetic_images
+    from mia_pruning.benchkit import synthetic_images
     from mia_pruning.models import build_model
     from mia_pruning.train import train_model
     ds = synthetic_images(m * n_train + n_dev, shape, 10, seed=0)
@@ -306,7 +306,7 @@ def bench_fused(smoke: bool = False, # toy sizes (seconds), no verdict
                 device='cpu', # the device measured
                ) -> dict:
     "6 cnn models trained as one vs one after the other (same data, batches and epochs), on digits-sized 8x8 and 28x28 images."
-    from mia_pruning.bench import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, default_threads, median, sync
+    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, default_threads, median, sync
     t0, load0 = time.time(), load_average()
     threads = threads or default_threads(smoke)
     dev = get_device(device)
@@ -341,7 +341,7 @@ def bench_fused_gpu(smoke: bool = False, # toy sizes
                     m: int = 6, # models trained together
                    ) -> dict:
     "GPU suite: models per second for resnet18 on CIFAR-shaped synthetic data, fused vs one after the other; 'not run' without CUDA."
-    from mia_pruning.bench import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, default_threads, median, sync
+    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, default_threads, median, sync
     t0, load0 = time.time(), load_average()
     threads = threads or default_threads(smoke)
     dev = get_device(device)

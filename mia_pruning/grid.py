@@ -378,10 +378,11 @@ def bench_scheduling(smoke: bool = False, # tiny cells instead of the quick grid
                      device: str = 'cpu', # the cells' device
                      template: str | Path | None = None, # experiment notebook (default: the project's)
                      workdir: str | Path | None = None, # where the temporary grids go (default: a temp dir, removed)
+                     keep: str | Path | None = None, # move the model-level run's grid folder here (e.g. to commit it), replacing what is there
                     ) -> dict:
     "Quick-grid wall: model-level vs cell-level scheduling (2 workers), and a real Dask scheduler + 2 workers vs the local pool."
     import tempfile, shutil
-    from mia_pruning.bench import Figure, bench_record, write_record, load_average
+    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average
     t0, load0 = time.time(), load_average()
     thr = threads or default_threads(2)
     root = Path(tempfile.mkdtemp(prefix='mia-bench-sched-', dir=workdir))
@@ -401,6 +402,10 @@ def bench_scheduling(smoke: bool = False, # tiny cells instead of the quick grid
         cells = one('cells', 'cells')
         models = one('models', 'models')
         with local_dask(2, env={v: str(thr) for v in THREAD_VARS}) as addr: dask = one('dask', 'models', 'dask', addr)
+        if keep is not None:
+            keep = Path(keep)
+            if keep.exists(): shutil.rmtree(keep)
+            shutil.move(str(root / 'models'), str(keep))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     same = cells.equals(models) and models.equals(dask)

@@ -15,6 +15,7 @@ from .core import (ArtifactCache, get_device, seed_everything, in_test, config_h
 from .data import DATASETS, Split, load_dataset, subsample_dataset, check_name, splits_hash, get_splits
 from .models import ARCHS, build_model
 from .train import default_train_config, dense_models, train_cached, accuracy
+from .fused import use_fused
 from .prune import PRUNE_METHODS, STRUCTURED_BN, check_sparsity, check_model_for
 from .defenses import DEFENSES, make_defense
 from .pruned import pruned_model
@@ -348,7 +349,11 @@ def build_model_job(job: ModelJob, # from `cell_models`
         sp = get_splits(ds, len(ds), q['seed'], q['num_shadows'], cache=cache)  # as dense_models draws them
         ref_splits = reference_splits(sp, q['num_references'], q['seed'])[1] if role.startswith('reference') else []
         split = _role_split(role, sp, ref_splits)
-        dense, record = train_cached(**_dense_call(q, role, ds, split, cfg, cache, dev, progress))
+        if not role.startswith('reference') and use_fused('auto', q['arch'], dev, ds.input_shape):
+            # where fused training is on (see 03a_fused), victim and shadows train as one, exactly as the cell's dense_models does
+            dm = dense_models(ds, q['arch'], q['seed'], q['num_shadows'], cfg, cache, device=dev, progress=progress)
+            dense, record = (dm.victim, dm.records['victim']) if role == 'victim' else (dm.shadows[int(role[6:])], dm.records[role])
+        else: dense, record = train_cached(**_dense_call(q, role, ds, split, cfg, cache, dev, progress))
         entry = ('dense_model', record['key'])
         if job.kind == 'pruned':
             _, info = pruned_model(**_pruned_call(q, role, ds, split, dense, record, cfg, cache, dev, progress))

@@ -638,10 +638,6 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
             from mia_pruning.exposure import write_exposure_report
             return write_exposure_report(out_dir, out_dir / 'exposure')
         attempt('exposure', exposure_page)
-        def claims():
-            from mia_pruning.claims import write_claims_tables
-            return write_claims_tables(out_dir)[0].parent
-        attempt('claims', claims)
         attempt('two_release', lambda: table('two_release', '### Two releases (dense + pruned) vs the strongest single-release attack (either model alone), '
                                               'AUC paired on the same members\n\n' + md_table(two_release_table(out_dir))))
     return {'written': written, 'skipped': skipped}
