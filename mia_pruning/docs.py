@@ -126,7 +126,7 @@ def execute_notebook(path: str | Path, # the notebook to run and rewrite with it
     nb = read_nb(path)
     skip = set(skip_flags)
     def preproc(cell):  # True = do not run
-        return cell.cell_type != 'code' or bool(_flags(cell.source) & skip)
+        return cell.cell_type != 'code' or bool(_flags(cell.source) & skip) or _never_run(cell.source)  # as nbdev_test: eval: false never runs
     old_env, old_cwd = os.environ.get('IN_TEST'), os.getcwd()
     os.environ['IN_TEST'] = '1'
     t0 = time.time()
