@@ -191,6 +191,7 @@ def jupyter_server(root: str | Path | None = None, # the folder it serves (defau
     port, token = _free_port(), secrets.token_hex(16)
     cmd = [sys.executable, '-m', 'jupyter', 'lab' if lab else 'server', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
            f'--ServerApp.token={token}', f'--ServerApp.root_dir={root}', '--ServerApp.open_browser=False']
+    if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')  # containers and CI often run as root
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root)
     url = f'http://127.0.0.1:{port}'
     try:
