@@ -48,14 +48,6 @@ class _eval_mode:
         return self.model
     def __exit__(self, *exc): self.model.train(self.was_training)
 
-def _bake_masks(net: torch.nn.Module) -> torch.nn.Module:
-    "Make torch.nn.utils.prune masks permanent in place (plain parameters holding the masked values)."
-    import torch.nn.utils.prune as tprune
-    for mod in net.modules():
-        for hook in list(mod._forward_pre_hooks.values()):
-            if isinstance(hook, tprune.BasePruningMethod): tprune.remove(mod, hook._tensor_name)
-    return net
-
 def _fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
     "`net` with every eval-mode BatchNorm folded into the convolution feeding it (torch.fx); `net` itself where it does not trace."
     from torch.fx.experimental.optimization import fuse
@@ -77,7 +69,8 @@ def inference_model(model: torch.nn.Module, # the model to query (not modified)
                 setattr(mod, hook._tensor_name, getattr(mod, hook._tensor_name).detach())
     net = copy.deepcopy(model).to(dev).eval()
     if not fast: return net
-    net = _fold_batchnorm(_bake_masks(net))
+    from mia_pruning.prune import bake_masks  # here: prune pulls in torch-pruning, which a plain query never needs
+    net = _fold_batchnorm(bake_masks(net))
     if dev.type == 'cpu' and any(isinstance(mod, torch.nn.Conv2d) for mod in net.modules()):
         net = net.to(memory_format=torch.channels_last)
         net._mia_channels_last = True
