@@ -430,7 +430,7 @@ def bench_cell_cost(smoke: bool = False, out: str | Path | None = None, threads:
     fixed = median([c['fixed_s'] for c in raw['cells']])
     raw['import_pipeline_s'] = _import_seconds('import mia_pruning.pipeline')
     raw['import_torch_s'] = _import_seconds('import torch')
-    fig = Figure('cell fixed cost', fixed, 's beyond run_cell', 3.0, '<=', smoke=smoke,
+    fig = Figure('cell fixed cost', fixed, 's beyond run_cell', 3.0, '<=', absolute=True, smoke=smoke,
                  detail=f"median of {len(raw['cells'])} cells: wall {median([c['wall_s'] for c in raw['cells']]):.2f} s, run_cell "
                         f"{median([c['run_cell_s'] for c in raw['cells']]):.2f} s; imports in a fresh interpreter: mia_pruning.pipeline "
                         f"{raw['import_pipeline_s']:.2f} s (torch alone {raw['import_torch_s']:.2f} s)")

@@ -82,6 +82,7 @@ class Figure:
     smoke: bool = False # measured at smoke sizes (no verdict)
     data: dict = field(default_factory=dict) # extra numbers for the JSON record
     extra_ok: bool = True # a second condition of the target (e.g. equal accuracy)
+    absolute: bool = False # `value` is an amount in `unit` (seconds, minutes), not a ratio
 
     @property
     def met(self) -> bool | None:
@@ -92,12 +93,13 @@ class Figure:
 
     def line(self) -> str:
         "The printed line: name, ratio first, target, raw numbers, verdict."
-        tgt = f' (target {self.op} {self.target:g}x{" " + self.note if self.note else ""})' if self.target is not None else ''
+        x = '' if self.absolute else 'x'
+        tgt = f' (target {self.op} {self.target:g}{x}{" " + self.note if self.note else ""})' if self.target is not None else ''
         verdict = ' [smoke sizes: no verdict]' if self.smoke else {True: ' [met]', False: ' [MISSED]', None: ''}[self.met]
-        return f'{self.name}: {_fmt(self.value)}x {self.unit}{tgt}{": " + self.detail if self.detail else ""}{verdict}'
+        return f'{self.name}: {_fmt(self.value)}{x} {self.unit}{tgt}{": " + self.detail if self.detail else ""}{verdict}'
 
     def record(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ('extra_ok',)}
+        d = {k: v for k, v in asdict(self).items() if k not in ('extra_ok',) and (k != 'absolute' or self.absolute)}
         return d | {'met': self.met, 'line': self.line()}
 
 # %% ../nbs/13a_benchkit.ipynb #6fb2640a

@@ -11,7 +11,7 @@ from .core import project_root
 
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'SCREENSHOT_NOTEBOOKS', 'notebooks_dir',
+__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'THREAD_ENV', 'SCREENSHOT_NOTEBOOKS', 'notebooks_dir',
            'documentation_notebooks', 'output_problems', 'displays_output', 'missing_outputs', 'has_images',
            'execute_notebook', 'execute_notebooks', 'jupyter_server', 'server_notebook', 'output_mimes', 'chromium',
            'screenshot_notebooks', 'main']
@@ -43,7 +43,8 @@ def documentation_notebooks(nbs: str | Path | None = None, # the notebooks folde
 # %% ../nbs/14_docs.ipynb #ea2446e9
 # What a committed output must never hold: it would change on every run, or point into one person's machine.
 OUTPUT_PROBLEMS = {
-    'a timing': re.compile(r'(?:\b\d+(?:\.\d+)?\s?(?:s|ms|µs|us|sec|secs|seconds|min)\b|\bWall time\b|\belapsed\b|\bCPU times\b)'),
+    'a timing': re.compile(r'(?:\b\d+(?:\.\d+)?\s?(?:s|ms|µs|us|sec|secs|seconds|min)\b|\bWall time\b|\belapsed\b|\bCPU times\b'
+                          r"|\b\d[\d,]*(?:\.\d+)?\s?(?:samples|images|models|steps|cells|items|batches)/s\b|\b\w+_per_s\b|'seconds':|\bseconds\s*$)", re.M),  # rates, a seconds key or column
     'a progress bar': re.compile(r'(?:\r(?!\n)|\d+(?:\.\d+)?\s?(?:it/s|s/it)\b|\d+%\|)'),
     'an absolute path': re.compile(r'(?:(?<![\w.~-])/(?:work|tmp|root|home|Users|private|var/folders)/|[A-Za-z]:\\\\Users)'),
     'a memory address': re.compile(r'\bat 0x[0-9a-fA-F]{6,}|\b0x[0-9a-fA-F]{8,}\b'),
@@ -111,11 +112,19 @@ def has_images(path: str | Path) -> bool:
     "Whether any committed output of notebook `path` is an image."
     return any(any(k.startswith('image/') for k in (o.get('data') or {})) for c in _cells(path) for o in c.get('outputs', []) or [])
 
-
 # %% ../nbs/14_docs.ipynb #768b6994
+THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
+
+def _torch_threads(n: int) -> int | None:
+    "Set torch's intra-op threads when torch is loaded; the previous count (None when torch is not loaded)."
+    torch = sys.modules.get('torch')
+    if torch is None: return None
+    old = torch.get_num_threads(); torch.set_num_threads(n); return old
+
 def execute_notebook(path: str | Path, # the notebook to run and rewrite with its outputs
                      skip_flags=SKIP_FLAGS, # cells with these directives keep their committed outputs (none) and are not run
                      timeout: int | None = 600, # seconds allowed per cell
+                     threads: int = 1, # torch/OpenMP threads: the committed outputs were made with 1 (float sums depend on it)
                     ) -> dict:
     "Run notebook `path` top to bottom as nbdev_test does (in its folder, IN_TEST set) and write it back with its outputs, cleaned."
     from execnb.nbio import read_nb, write_nb
@@ -127,8 +136,10 @@ def execute_notebook(path: str | Path, # the notebook to run and rewrite with it
     skip = set(skip_flags)
     def preproc(cell):  # True = do not run
         return cell.cell_type != 'code' or bool(_flags(cell.source) & skip) or _never_run(cell.source)  # as nbdev_test: eval: false never runs
-    old_env, old_cwd = os.environ.get('IN_TEST'), os.getcwd()
-    os.environ['IN_TEST'] = '1'
+    pinned = {'IN_TEST': '1', **{v: str(threads) for v in THREAD_ENV}}
+    old_env, old_cwd = {k: os.environ.get(k) for k in pinned}, os.getcwd()
+    os.environ.update(pinned)
+    old_threads = _torch_threads(threads)  # torch already imported here: its pool is set directly
     t0 = time.time()
     try:
         os.chdir(path.parent)
@@ -138,8 +149,10 @@ def execute_notebook(path: str | Path, # the notebook to run and rewrite with it
         raise RuntimeError(f'{path.name} failed while executing: {type(e).__name__}: {e}; the committed notebook was left as it was') from e
     finally:
         os.chdir(old_cwd)
-        if old_env is None: os.environ.pop('IN_TEST', None)
-        else: os.environ['IN_TEST'] = old_env
+        for k, v in old_env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+        if old_threads: _torch_threads(old_threads)
     clean_nb(nb, clear_all=False)
     from mia_pruning.core import atomic_write
     tmp = path.with_name(f'.{path.name}.executing')
@@ -150,7 +163,7 @@ def execute_notebook(path: str | Path, # the notebook to run and rewrite with it
 
 def execute_notebooks(names=None, # notebook names or stems (default: every documentation notebook)
                       nbs: str | Path | None = None, # the notebooks folder (default: the clone's nbs/)
-                      skip_flags=SKIP_FLAGS, timeout: int | None = 600,
+                      skip_flags=SKIP_FLAGS, timeout: int | None = 600, threads: int = 1,
                       progress: bool = True, # one line per notebook
                      ) -> list[dict]:
     "Re-execute the documentation notebooks in place, one after the other, each in a fresh shell; the failed ones are named at the end."
@@ -159,8 +172,9 @@ def execute_notebooks(names=None, # notebook names or stems (default: every docu
     out, failed = [], {}
     for p in paths:
         code = (f'import json, sys; from mia_pruning.docs import execute_notebook; '
-                f'r = execute_notebook({str(p)!r}, {tuple(skip_flags)!r}, {timeout!r}); print("\\n" + json.dumps(r))')
-        res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=p.parent)
+                f'r = execute_notebook({str(p)!r}, {tuple(skip_flags)!r}, {timeout!r}, {threads!r}); print("\\n" + json.dumps(r))')
+        res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=p.parent,
+                             env={**os.environ, **{v: str(threads) for v in THREAD_ENV}})  # pinned before torch loads
         if res.returncode != 0:  # the others still run; this one keeps its committed outputs
             failed[p.name] = '\n'.join((res.stderr or res.stdout).strip().splitlines()[-3:])
             if progress: print(f'{p.name}: FAILED (left as it was)', flush=True)
@@ -173,7 +187,6 @@ def execute_notebooks(names=None, # notebook names or stems (default: every docu
     if failed: raise RuntimeError(f'{len(failed)} notebook(s) failed to execute and were left as they were:\n'
                                   + '\n'.join(f'- {k}: {v}' for k, v in failed.items()))
     return out
-
 
 # %% ../nbs/14_docs.ipynb #d25bbc61
 def _free_port() -> int:
@@ -265,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                                 '(as nbdev_test runs them: IN_TEST set, slow cells skipped), keeping their outputs, then check '
                                 'that no output holds a timing, a progress bar, an absolute path or a memory address.')
     p.add_argument('names', nargs='*', help='notebook names or stems (default: all but the experiment template)')
+    p.add_argument('--threads', type=int, default=1, help='torch/OpenMP threads per notebook (default 1: the committed outputs were made with 1)')
     p.add_argument('--check', action='store_true', help='do not execute: only check the committed outputs')
     p.add_argument('--screenshot', action='store_true', help='instead: headless-Chromium screenshots of JupyterLab showing '
                    f'{", ".join(SCREENSHOT_NOTEBOOKS)} (or NAMEs) into outputs/screenshots/')
@@ -274,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try: paths = documentation_notebooks(None, a.names or None)
     except ValueError as e: p.error(str(e))
-    if not a.check: execute_notebooks([q.name for q in paths])
+    if not a.check: execute_notebooks([q.name for q in paths], threads=a.threads)
     bad = [line for q in paths for line in output_problems(q)]
     bad += [f'{q.name} cell {i}: shows output when run but has none committed' for q in paths for i in missing_outputs(q)]
     for line in bad: print(line)
@@ -282,4 +296,3 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
-

@@ -413,7 +413,7 @@ def bench_scheduling(smoke: bool = False, # tiny cells instead of the quick grid
     figs = [Figure('quick grid wall, model-level vs cell-level', wall['models'] / wall['cells'], "of cell-level scheduling's wall", 0.5, '<=',
                    detail=f"{wall['models']:.1f} s vs {wall['cells']:.1f} s, 2 workers x {thr} threads, fresh caches; summaries "
                           f"{'equal' if same else 'DIFFER'}", smoke=smoke, extra_ok=same),
-            Figure('quick grid wall from empty cache', wall['models'] / 60, 'minutes (absolute)', 3, '<=',
+            Figure('quick grid wall from empty cache', wall['models'] / 60, 'minutes', 3, '<=', absolute=True,
                    detail=f"{wall['models']:.1f} s with model-level scheduling, {os.cpu_count()} cores, load average "
                           f"{raw['runs']['models']['load_avg']}", smoke=smoke),
             Figure('Dask real scheduler vs local pool', wall['models'] / wall['dask'], 'throughput of the local pool', 0.9,

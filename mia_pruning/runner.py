@@ -102,6 +102,7 @@ def execute_cell(task: dict) -> dict:
                 pm.execute_notebook(nb, str(work / 'run.ipynb'), parameters={**task['params'], 'out_dir': str(work)},
                                     kernel_name='python3', progress_bar=False, log_output=False, start_timeout=300,
                                     execution_timeout=task.get('timeout'), resources={'metadata': {'path': str(work)}},
+                                    shutdown_kernel='immediate',  # every cell has run and its outputs are in: no 1 s graceful wait
                                     extra_arguments=['--IPKernelApp.log_level=50', f'--IPKernelApp.exec_lines={guard}'])
                 break
             except Exception as e:  # a kernel that died while starting (e.g. two kernels raced for a port) ran nothing: start again

@@ -40,3 +40,23 @@ def test_jupyterlab_serves_the_results_notebook_with_its_figures():
         model = server_notebook(url, token, 'nbs/20_results.ipynb')
     assert model['name'] == '20_results.ipynb' and model['format'] == 'json'
     assert 'image/png' in output_mimes(model['content'])
+
+
+RERUN = ('07_metrics', '12a_claims')  # quick ones: a figure from code, and tables from the committed study
+
+
+@pytest.mark.parametrize('stem', RERUN)
+def test_reexecuting_a_notebook_writes_its_committed_outputs_again(stem):
+    "What `mia-pruning notebooks` does to an unchanged notebook: the same outputs, byte for byte (figures included)."
+    from mia_pruning.docs import execute_notebook
+    src = notebooks_dir() / f'{stem}.ipynb'
+    copy = src.with_name(f'.rerun-{stem}.ipynb')  # beside it (relative paths resolve as in place); dot files are not notebooks to nbdev
+    copy.write_bytes(src.read_bytes())
+    try:
+        r = execute_notebook(copy)
+        again, committed = (json.loads(p.read_text(encoding='utf-8'))['cells'] for p in (copy, src))
+    finally:
+        copy.unlink(missing_ok=True)
+    assert r['problems'] == [] and r['missing'] == []
+    changed = [i for i, (a, b) in enumerate(zip(again, committed)) if a.get('outputs') != b.get('outputs')]
+    assert len(again) == len(committed) and changed == [], f'{stem}: cells {changed} show other outputs when re-executed'
