@@ -11,7 +11,7 @@ from .core import project_root
 
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'THREAD_ENV', 'SCREENSHOT_NOTEBOOKS', 'notebooks_dir',
+__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'SCREENSHOT_NOTEBOOKS', 'notebooks_dir',
            'documentation_notebooks', 'output_problems', 'displays_output', 'missing_outputs', 'has_images',
            'execute_notebook', 'execute_notebooks', 'jupyter_server', 'server_notebook', 'output_mimes', 'chromium',
            'screenshot_notebooks', 'main']
@@ -113,7 +113,7 @@ def has_images(path: str | Path) -> bool:
     return any(any(k.startswith('image/') for k in (o.get('data') or {})) for c in _cells(path) for o in c.get('outputs', []) or [])
 
 # %% ../nbs/14_docs.ipynb #768b6994
-THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
+from .executors import THREAD_VARS  # the thread variables grid workers pin (a torch-free import)
 
 def _torch_threads(n: int) -> int | None:
     "Set torch's intra-op threads when torch is loaded; the previous count (None when torch is not loaded)."
@@ -136,7 +136,7 @@ def execute_notebook(path: str | Path, # the notebook to run and rewrite with it
     skip = set(skip_flags)
     def preproc(cell):  # True = do not run
         return cell.cell_type != 'code' or bool(_flags(cell.source) & skip) or _never_run(cell.source)  # as nbdev_test: eval: false never runs
-    pinned = {'IN_TEST': '1', **{v: str(threads) for v in THREAD_ENV}}
+    pinned = {'IN_TEST': '1', **{v: str(threads) for v in THREAD_VARS}}
     old_env, old_cwd = {k: os.environ.get(k) for k in pinned}, os.getcwd()
     os.environ.update(pinned)
     old_threads = _torch_threads(threads)  # torch already imported here: its pool is set directly
@@ -174,7 +174,7 @@ def execute_notebooks(names=None, # notebook names or stems (default: every docu
         code = (f'import json, sys; from mia_pruning.docs import execute_notebook; '
                 f'r = execute_notebook({str(p)!r}, {tuple(skip_flags)!r}, {timeout!r}, {threads!r}); print("\\n" + json.dumps(r))')
         res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=p.parent,
-                             env={**os.environ, **{v: str(threads) for v in THREAD_ENV}})  # pinned before torch loads
+                             env={**os.environ, **{v: str(threads) for v in THREAD_VARS}})  # pinned before torch loads
         if res.returncode != 0:  # the others still run; this one keeps its committed outputs
             failed[p.name] = '\n'.join((res.stderr or res.stdout).strip().splitlines()[-3:])
             if progress: print(f'{p.name}: FAILED (left as it was)', flush=True)
