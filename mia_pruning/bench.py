@@ -22,7 +22,7 @@ from .benchkit import (sync, time_runs, time_pair, median, fixed_threads, defaul
 # %% auto #0
 __all__ = ['BENCHMARKS', 'SUITES', 'bare_train', 'bench_train_loop', 'threshold_values', 'bench_threshold', 'bench_sensitivity',
            'grid_bench_spec', 'bench_grid_scaling', 'peak_rss_of', 'memory_cell_params', 'bench_memory', 'bench_gpu',
-           'cell_cost_params', 'bench_cell_cost', 'select_benchmarks', 'main']
+           'cell_cost_params', 'bench_cell_cost', 'bench_malloc_trim', 'select_benchmarks', 'main']
 
 # %% ../nbs/13_bench.ipynb #db03106b
 def bare_train(model: torch.nn.Module, # a fresh model
@@ -441,6 +441,61 @@ def bench_cell_cost(smoke: bool = False, out: str | Path | None = None, threads:
     return rec
 
 
+# %% ../nbs/13_bench.ipynb #3163025b
+_TRIM_CHILD = textwrap.dedent('''
+    import json, sys, time
+    release, n, epochs = sys.argv[1] == '1', int(sys.argv[2]), int(sys.argv[3])
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from mia_pruning.attacks import SAMIA, train_attack_model
+    from mia_pruning.executors import release_malloc_trim
+    released = release_malloc_trim() if release else False  # after torch is loaded, as in a Dask worker
+    rng = np.random.default_rng(0)
+    x, y = rng.random((n, 30), dtype=np.float32), rng.integers(0, 2, n)
+    train_attack_model(SAMIA(10), x[:256], y[:256], epochs=1, device='cpu')  # warm-up
+    t = time.perf_counter()
+    train_attack_model(SAMIA(10), x, y, epochs=epochs, device='cpu')
+    print('MIA_BENCH_RESULT ' + json.dumps({'seconds': time.perf_counter() - t, 'released': released}))
+''')
+
+def _trim_child(env_value: str | None, release: bool, n: int, epochs: int) -> dict:
+    "One SAMIA training in a fresh process with MALLOC_TRIM_THRESHOLD_ = `env_value` (None: unset)."
+    from mia_pruning.executors import DASK_MALLOC_TRIM
+    env = {k: v for k, v in os.environ.items() if k != DASK_MALLOC_TRIM[0]} | ({DASK_MALLOC_TRIM[0]: env_value} if env_value else {})
+    r = subprocess.run([sys.executable, '-c', _TRIM_CHILD, '1' if release else '0', str(n), str(epochs)],
+                       capture_output=True, text=True, env=env)
+    lines = [l for l in r.stdout.splitlines() if l.startswith('MIA_BENCH_RESULT ')]
+    if r.returncode or not lines: raise RuntimeError(f'the malloc child failed with exit code {r.returncode}:\n{r.stderr[-3000:]}')
+    return json.loads(lines[-1].split(' ', 1)[1])
+
+def bench_malloc_trim(smoke: bool = False, out: str | Path | None = None, threads: int | None = None, device='cpu',
+                      repeats: int | None = None, # rounds of the three processes (default 1 in smoke mode, 3 otherwise)
+                     ) -> dict:
+    "SAMIA training throughput under Dask's MALLOC_TRIM_THRESHOLD_, inherited and released, vs no setting (1 thread)."
+    from mia_pruning.executors import DASK_MALLOC_TRIM
+    t0, load0 = time.time(), load_average()
+    n, epochs = (256, 1) if smoke else (5120, 3)
+    repeats = repeats or (1 if smoke else 3)
+    cases = {'unset': (None, False), 'inherited': (DASK_MALLOC_TRIM[1], False), 'released': (DASK_MALLOC_TRIM[1], True)}
+    raw = {'n': n, 'epochs': epochs, 'runs': {k: [] for k in cases}}
+    for _ in range(repeats):  # interleaved: a slow minute of the machine hits every case
+        for k, (val, rel) in cases.items(): raw['runs'][k].append(_trim_child(val, rel, n, epochs))
+    sec = {k: median([r['seconds'] for r in v]) for k, v in raw['runs'].items()}
+    released_ok = all(r['released'] for r in raw['runs']['released'])
+    steps = epochs * (n // 128)
+    det = lambda k: f"{sec[k] / steps * 1e3:.1f} ms vs {sec['unset'] / steps * 1e3:.1f} ms per SAMIA step, median of {repeats}"
+    figs = [Figure("SAMIA training under Dask's malloc setting", sec['unset'] / sec['inherited'], 'throughput without it',
+                   detail=det('inherited') + ' (what every cell of the last Dask grid ran under)', smoke=smoke),
+            Figure("SAMIA training, Dask's malloc setting released", sec['unset'] / sec['released'], 'throughput without it', 0.9,
+                   detail=det('released'), smoke=smoke, extra_ok=released_ok)]
+    for f in figs: print(f.line(), flush=True)
+    rec = bench_record('malloc_trim', figs, raw, smoke, t0, load0, 1, 'cpu',
+                       notes=f'{DASK_MALLOC_TRIM[0]}={DASK_MALLOC_TRIM[1]} is what a Dask nanny sets; released: executors.release_malloc_trim() '
+                             'in the process after torch is loaded (env var dropped, glibc thresholds reset).')
+    write_record(out, rec)
+    return rec
+
+
 # %% ../nbs/13_bench.ipynb #81ca58a8
 def _elsewhere(module: str, name: str) -> Callable:
     "A benchmark defined in the module it measures (imported when it runs: those modules import this one's helpers)."
@@ -458,6 +513,7 @@ BENCHMARKS = {
     'attack_training': ('cpu', _elsewhere('attacks', 'bench_attack_training')),
     'fused': ('cpu', _elsewhere('fused', 'bench_fused')),
     'cell_cost': ('cpu', bench_cell_cost),
+    'malloc_trim': ('cpu', bench_malloc_trim),
     'scheduling': ('cpu', _elsewhere('grid', 'bench_scheduling')),
     'grid_scaling': ('cpu', bench_grid_scaling),
     'memory': ('cpu', bench_memory),

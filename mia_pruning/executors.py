@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['THREAD_VARS', 'Task', 'DependencyFailed', 'check_tasks', 'schedule', 'run_inline', 'watch_parent', 'die_with_parent',
-           'init_worker', 'run_local', 'connect', 'run_dask']
+__all__ = ['THREAD_VARS', 'DASK_MALLOC_TRIM', 'GLIBC_MMAP_THRESHOLD_MAX', 'Task', 'DependencyFailed', 'check_tasks', 'schedule',
+           'run_inline', 'watch_parent', 'die_with_parent', 'init_worker', 'run_local', 'connect', 'run_dask',
+           'release_malloc_trim', 'on_dask_worker']
 
 # %% ../nbs/10d_executors.ipynb #c1ac6fea
 @dataclass
@@ -140,7 +141,7 @@ def connect(scheduler: str):
         raise ValueError(f'cannot reach the Dask scheduler at {scheduler!r}: {e}') from None
 
 def run_dask(tasks: list[Task], workers: int, client, on_done: Callable):
-    "Run the tasks on `client` (a remote cluster), or on a LocalCluster of `workers` single-threaded processes."
+    "Run the tasks on `client` (a remote cluster), or on a LocalCluster of `workers` single-threaded processes (each task through `on_dask_worker`)."
     from dask.distributed import Client, LocalCluster, wait
     cluster = None
     if client is None:
@@ -149,10 +150,37 @@ def run_dask(tasks: list[Task], workers: int, client, on_done: Callable):
         client = Client(cluster)
     futures = []
     def submit(t):
-        f = client.submit(t.fn, t.arg, key=f'mia-{t.key}-{time.time_ns()}', pure=False)
+        f = client.submit(on_dask_worker, t.fn, t.arg, key=f'mia-{t.key}-{time.time_ns()}', pure=False)
         futures.append(f); return f
     try: schedule(tasks, submit, lambda fs: wait(fs, return_when='FIRST_COMPLETED').done, on_done)
     except BaseException:
         client.cancel(futures); raise
     finally:
         if cluster is not None: client.close(); cluster.close()  # a given client is closed by its owner
+
+# %% ../nbs/10d_executors.ipynb #0c453322
+DASK_MALLOC_TRIM = ('MALLOC_TRIM_THRESHOLD_', '65536')  # what a Dask nanny puts in its worker's environment by default
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling of its dynamic mmap threshold on 64-bit systems
+
+def release_malloc_trim(environ: dict | None = None, # the environment to clean (default: os.environ)
+                        set_malloc: bool = True, # also reset glibc's thresholds in this process (Linux)
+                       ) -> bool:
+    "Undo the Dask nanny's `MALLOC_TRIM_THRESHOLD_=65536` (torch runs ~1.4x slower under it); True when it was there."
+    env = os.environ if environ is None else environ
+    var, value = DASK_MALLOC_TRIM
+    if env.get(var) != value: return False
+    del env[var]
+    if set_malloc and sys.platform.startswith('linux'):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            libc.mallopt(-3, GLIBC_MMAP_THRESHOLD_MAX)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 2 * GLIBC_MMAP_THRESHOLD_MAX)  # M_TRIM_THRESHOLD: glibc's dynamic rule keeps it at twice the mmap one
+        except (OSError, AttributeError): pass
+    return True
+
+def on_dask_worker(fn: Callable, arg):
+    "Run the task `fn(arg)` in a Dask worker, after `release_malloc_trim`."
+    release_malloc_trim()
+    return fn(arg)
+

@@ -165,7 +165,14 @@ def test_real_dask_scheduler_gives_the_local_pool_metrics(local_grid, tmp_path, 
                 time.sleep(0.3)
         procs += [subprocess.Popen(['dask', 'worker', addr, '--nworkers', '1', '--nthreads', '1', '--no-dashboard'],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-        with Client(addr, timeout=30) as c: c.wait_for_workers(2, timeout=90)
+        from mia_pruning.executors import on_dask_worker, DASK_MALLOC_TRIM
+        var, value = DASK_MALLOC_TRIM
+        with Client(addr, timeout=30) as c:
+            c.wait_for_workers(2, timeout=90)
+            assert set(c.run(os.getenv, var).values()) == {value}  # the nannies put Dask's malloc setting in each worker
+            for w in c.run(os.getpid):  # a task run through on_dask_worker no longer sees it, nor do the kernels its worker starts
+                assert c.submit(on_dask_worker, os.getenv, var, workers=[w], pure=False).result() is None
+            assert set(c.run(os.getenv, var).values()) == {None}
         drep = G.run_grid(SPEC, out_dir=tmp_path / 'out', executor='dask', scheduler=addr, threads=1, progress=False)
         assert drep.ok, drep
         assert len(drep.models) == 6 and all(r['built'] for r in drep.models.values())
