@@ -448,6 +448,7 @@ def attack_data_for(model: torch.nn.Module, # the target model
                     device=None, # torch device or name (default: auto)
                     batch_size: int = 1024, # samples per forward pass
                     progress: bool | None = False, # tqdm bars
+                    fast: bool = True, # query fast `inference_model` copies (False: the models themselves, as the study's code does)
                    ) -> AttackData:
     "All per-sample features an attack needs for one target model, as a validated `AttackData`."
     mi, ni = _as_index(member_idx, 'member_idx'), _as_index(nonmember_idx, 'nonmember_idx')
@@ -474,25 +475,25 @@ def attack_data_for(model: torch.nn.Module, # the target model
         if len(clash): raise ValueError(f'{len(clash)} population samples are members of the target (e.g. {clash[:5].tolist()})')
     dev = get_device(device or 'auto')
     y = ds.y[torch.as_tensor(idx)]
-    z = model_outputs(model, ds, idx, dev, batch_size)
+    z = model_outputs(model, ds, idx, dev, batch_size, fast)
     kw = dict(probs=posteriors(z), labels=y.numpy(), is_member=np.r_[np.ones(len(mi), bool), np.zeros(len(ni), bool)],
               loss=per_sample_loss(z, y), lsc=logit_scaled_confidence(z, y), index=idx)
     flat = lambda ii: ds.x[torch.as_tensor(ii)].reshape(len(ii), -1).float().numpy()
     if with_inputs: kw['inputs'] = flat(idx)
     if with_sensitivity:
         kw['sensitivity'] = sensitivity(model, ds, idx, m=m, eps=eps, seed=seed, device=dev,
-                                        batch_size=max(1, batch_size // max(m, 1)), progress=progress)
+                                        batch_size=max(1, batch_size // max(m, 1)), progress=progress, fast=fast)
     if refs:
-        zr = [model_outputs(r, ds, idx, dev, batch_size) for r in tqdm(refs, desc='references', disable=_no_bar(progress), leave=False)]
+        zr = [model_outputs(r, ds, idx, dev, batch_size, fast) for r in tqdm(refs, desc='references', disable=_no_bar(progress), leave=False)]
         kw['ref_lsc'] = np.stack([logit_scaled_confidence(q, y) for q in zr], 1)
         kw['ref_py'] = np.stack([true_class_prob(posteriors(q), y) for q in zr], 1)
         kw['ref_in'] = ref_in
     if pop is not None:
         yp = ds.y[torch.as_tensor(pop)]
-        kw['pop_py'] = true_class_prob(posteriors(model_outputs(model, ds, pop, dev, batch_size)), yp)[None]
+        kw['pop_py'] = true_class_prob(posteriors(model_outputs(model, ds, pop, dev, batch_size, fast)), yp)[None]
         kw['pop_labels'] = yp.numpy()[None]
         if with_inputs: kw['pop_inputs'] = flat(pop)[None]
-        if refs: kw['pop_ref_py'] = np.stack([true_class_prob(posteriors(model_outputs(r, ds, pop, dev, batch_size)), yp)
+        if refs: kw['pop_ref_py'] = np.stack([true_class_prob(posteriors(model_outputs(r, ds, pop, dev, batch_size, fast)), yp)
                                               for r in refs], 1)[None]
     return AttackData(**kw)
 

@@ -27,10 +27,10 @@ from .runs import RECORD, finish_run, is_complete
 
 
 # %% auto #0
-__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'ADDED_LATER',
-           'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'validate_params', 'resolve_params', 'cell_id',
-           'CellResult', 'ModelJob', 'model_params', 'cell_models', 'model_job_record', 'model_job_done',
-           'build_model_job', 'run_cell', 'write_run']
+__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'INFERENCE_MODES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES',
+           'ADDED_LATER', 'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'validate_params',
+           'resolve_params', 'cell_id', 'CellResult', 'ModelJob', 'model_params', 'cell_models', 'model_job_record',
+           'model_job_done', 'build_model_job', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -58,6 +58,7 @@ CELL_DEFAULTS = dict(
     num_references=4,            # extra reference models for online LiRA (0 = skip lira_online)
     sensitivity_m=10,            # noise draws of the sensitivity feature
     sensitivity_eps=0.001,       # noise scale of the sensitivity feature
+    inference='fast',            # feature queries: 'fast' (an inference copy: BatchNorm folded, masks baked; float rounding) or 'plain' (the model itself, the study's)
     n_boot=200,                  # bootstrap resamples for confidence intervals (0 = none)
     device='auto',               # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     threads=0,                   # torch CPU threads (0 = torch's default)
@@ -67,6 +68,7 @@ CELL_DEFAULTS = dict(
 # (data_root is checked another way: params.json records the content hash of the data actually read)
 NON_SEMANTIC = ('data_root', 'device', 'threads', 'cache_dir')
 STATES = ('dense', 'pruned')
+INFERENCE_MODES = ('fast', 'plain')  # how features query a model (see 05_features: `inference_model`)
 
 # %% ../nbs/10_pipeline.ipynb #be9f7aaa
 def _type_ok(v, default) -> bool:
@@ -155,6 +157,7 @@ def _validate(params: dict) -> dict:
         if not lo <= p[k] <= hi: raise ValueError(f'parameter {k} must be in [{lo}, {hi}], got {p[k]}')
     if p['attack_recipe'] not in ATTACK_RECIPES: raise ValueError(f"attack_recipe must be one of {list(ATTACK_RECIPES)}, got {p['attack_recipe']!r}")
     if p['attack_check'] not in ATTACK_CHECKS: raise ValueError(f"attack_check must be one of {list(ATTACK_CHECKS)}, got {p['attack_check']!r}")
+    if p['inference'] not in INFERENCE_MODES: raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {p['inference']!r}")
     if p['structured_bn'] not in STRUCTURED_BN:
         raise ValueError(f"structured_bn must be one of {STRUCTURED_BN}, got {p['structured_bn']!r}")
     if p['defense'] == 'none' and p['defense_param'] != -1:
@@ -181,7 +184,7 @@ def resolve_params(params: dict) -> dict:
     return p
 
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
-ADDED_LATER = {'channels_last': False}
+ADDED_LATER = {'channels_last': False, 'inference': 'fast'}
 
 def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
@@ -210,13 +213,14 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
-           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
+           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3,
+           'inference': p['inference']}
     if other is not None: key['other_release'] = other['keys']
     built = {}
     def build(tmp: Path):
         built['yes'] = True
         pop = population_indices(splits, cap=2000, seed=p['seed'])
-        kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device,
+        kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device, fast=p['inference'] == 'fast',
                   progress=bool(progress) and not in_test())  # a bar over each model's sensitivity batches (minutes on real data)
         shadow = shadow_attack_data(shadows, ds, splits, extra_references=refs, population_idx=pop, **kw)
         v = splits.victim

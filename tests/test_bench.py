@@ -122,7 +122,7 @@ def test_main(tmp_path, capsys):
     out = capsys.readouterr().out
     check_record(tmp_path / 'threshold.json', 'threshold', ['threshold n=500/side', 'threshold n=2,000/side'], out)
     assert bench.select_benchmarks('cpu') == ['train_loop', 'threshold', 'sensitivity', 'attack_training', 'fused', 'cell_cost',
-                                              'scheduling', 'grid_scaling', 'memory']
+                                              'malloc_trim', 'scheduling', 'grid_scaling', 'memory']
     assert bench.select_benchmarks('gpu') == ['gpu', 'fused_gpu']
     for name, (_, fn) in bench.BENCHMARKS.items(): assert callable(fn) and fn.__name__.startswith('bench_'), name
     with pytest.raises(SystemExit) as e: bench.main(['--only', 'nope', '--out', str(tmp_path)])

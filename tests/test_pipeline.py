@@ -109,6 +109,7 @@ def test_cuda_on_a_machine_without_it_is_a_value_error_naming_it(tmp_path):
     ({'num_references': 4096}, 'num_references must be in'),
     ({'subsample': -5}, 'subsample must be in'),
     ({'structured_bn': 'drop'}, 'structured_bn must be one of'),
+    ({'inference': 'compiled'}, r"inference must be one of \('fast', 'plain'\), got 'compiled'"),
     ({'defense_param': 4.0}, "defense 'none' takes no defense_param"),
     ({'device': 'cuda:abc'}, "unknown device 'cuda:abc'"),
     ({'attacks': 'two_release', 'dense_shadows': True}, 'two_release needs shadows that are dense \+ pruned pairs'),
@@ -199,3 +200,20 @@ def test_model_job_identity_tracks_what_changes_a_model():
     assert keys(seed=8)[('dense', 'victim')] != base[('dense', 'victim')]
     assert keys(data_root='/elsewhere')[('dense', 'victim')] != base[('dense', 'victim')]
     with pytest.raises(ValueError, match='unknown prune method'): cell_models(plain | {'prune_method': 'magnitude'})
+
+
+def test_inference_mode_is_a_recorded_option_with_its_own_attack_states(tmp_path):
+    "inference='plain' queries the models themselves (the study's code), 'fast' an inference copy: same models, own attack states, float-level differences."
+    cell = dict(dataset='digits', arch='cnn', epochs=2, num_shadows=1, attacks='gap,conf,loss', n_boot=0, num_references=0,
+                sparsity=0.5, cache_dir=str(tmp_path / 'cache'))
+    assert cell_id(cell | {'inference': 'fast'}) == cell_id(cell)  # the default stays out of the id: earlier cells keep theirs
+    assert cell_id(cell | {'inference': 'plain'}) != cell_id(cell)
+    fast, plain = run_cell(**cell, progress=False), run_cell(**cell | {'inference': 'plain'}, progress=False)
+    assert fast.provenance['cache_keys'] == plain.provenance['cache_keys']  # the same models, trained once
+    assert plain.provenance['attack_states']['dense']['cached'] is False  # not the fast run's attack state
+    assert fast.params['inference'] == 'fast' and plain.params['inference'] == 'plain'
+    f, q = ({(r['model_state'], r['attack']): r for r in res.rows} for res in (fast, plain))
+    assert f.keys() == q.keys()
+    for k in f:
+        assert f[k]['test_acc'] == q[k]['test_acc']
+        assert abs(f[k]['auc'] - q[k]['auc']) < 1e-4, (k, f[k]['auc'], q[k]['auc'])
