@@ -213,8 +213,8 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
-           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3,
-           'inference': p['inference']}
+           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
+    key |= {k: p[k] for k in ('inference',) if p[k] != ADDED_LATER[k]}  # at its default it stays out: earlier states stay valid
     if other is not None: key['other_release'] = other['keys']
     built = {}
     def build(tmp: Path):

@@ -202,13 +202,19 @@ def test_model_job_identity_tracks_what_changes_a_model():
     with pytest.raises(ValueError, match='unknown prune method'): cell_models(plain | {'prune_method': 'magnitude'})
 
 
-def test_inference_mode_is_a_recorded_option_with_its_own_attack_states(tmp_path):
+def test_inference_mode_is_a_recorded_option_with_its_own_attack_states(tmp_path, monkeypatch):
     "inference='plain' queries the models themselves (the study's code), 'fast' an inference copy: same models, own attack states, float-level differences."
+    import mia_pruning.features as features
+    copies, make = [], features.inference_model
+    monkeypatch.setattr(features, 'inference_model', lambda *a, **k: copies.append(1) or make(*a, **k))
     cell = dict(dataset='digits', arch='cnn', epochs=2, num_shadows=1, attacks='gap,conf,loss', n_boot=0, num_references=0,
                 sparsity=0.5, cache_dir=str(tmp_path / 'cache'))
     assert cell_id(cell | {'inference': 'fast'}) == cell_id(cell)  # the default stays out of the id: earlier cells keep theirs
     assert cell_id(cell | {'inference': 'plain'}) != cell_id(cell)
-    fast, plain = run_cell(**cell, progress=False), run_cell(**cell | {'inference': 'plain'}, progress=False)
+    fast = run_cell(**cell, progress=False)
+    n_fast = len(copies)
+    plain = run_cell(**cell | {'inference': 'plain'}, progress=False)
+    assert n_fast > 0 and len(copies) == n_fast  # 'plain' queried no inference copy
     assert fast.provenance['cache_keys'] == plain.provenance['cache_keys']  # the same models, trained once
     assert plain.provenance['attack_states']['dense']['cached'] is False  # not the fast run's attack state
     assert fast.params['inference'] == 'fast' and plain.params['inference'] == 'plain'
