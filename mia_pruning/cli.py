@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument('--max-cells', type=int, metavar='N', default=MAX_CELLS_DEFAULT,
                        help=f'refuse a grid of more than N cells (default: {MAX_CELLS_DEFAULT:,})')
         q.add_argument('--no-report', action='store_true', help='do not rebuild figures and tables afterwards')
+        q.add_argument('--kernels', choices=['forked', 'fresh'], help="cells' kernels: 'forked' from a warm server (the default "
+                       "on Linux: about 1 s a small cell rather than 10) or 'fresh' (a new process per cell)")
     g = sub.add_parser('grid', help='run a grid of cells (a preset or a YAML spec)',
                        description='Run every cell of a grid through the experiment notebook; complete cells are skipped.')
     g.add_argument('spec', nargs='?', metavar='SPEC.yaml', help='a YAML grid spec (name, axes, fixed, blocks)')
@@ -105,7 +107,7 @@ def _finish(report, args) -> int:
 
 def _execution_kw(args) -> dict:
     return dict(out_dir=args.out, workers=args.workers, threads=args.threads, resume=not args.no_resume,
-                progress=not args.no_progress, timeout=args.timeout, max_cells=args.max_cells)
+                progress=not args.no_progress, timeout=args.timeout, max_cells=args.max_cells, kernels=args.kernels)
 
 def cmd_grid(args) -> int:
     from mia_pruning.gridspec import load_spec, PRESETS  # light: a bad YAML file is refused before torch is imported

@@ -140,7 +140,7 @@ def default_threads(workers: int) -> int:
     except AttributeError: n = os.cpu_count() or 1
     return max(1, n // max(1, workers))
 
-def check_run_options(executor, workers, threads, timeout, scheduler, schedule='models'):
+def check_run_options(executor, workers, threads, timeout, scheduler, schedule='models', kernels=None):
     "ValueError naming the first bad execution option and what is allowed."
     if executor not in ('local', 'dask'): raise ValueError(f"executor must be 'local' or 'dask', got {executor!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 1024):
@@ -151,6 +151,9 @@ def check_run_options(executor, workers, threads, timeout, scheduler, schedule='
         raise ValueError(f'timeout must be a positive number of seconds (or None for no limit), got {timeout!r}')
     if scheduler is not None and executor != 'dask': raise ValueError("a scheduler address needs executor='dask'")
     if schedule not in SCHEDULES: raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
+    if kernels is not None:
+        from .kernels import check_kernels
+        check_kernels(kernels)
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
@@ -211,10 +214,11 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
              template: str | Path | None = None, # the experiment notebook (default: `template_path()`)
              max_cells: int | None = MAX_CELLS, # refuse a larger grid (None: no cap)
              schedule: str = 'models', # 'models': each distinct model is a task, before the cells that use it; 'cells': a group's first cell trains them
+             kernels: str | None = None, # cells' kernels: 'forked' from a warm server or 'fresh' processes (default: each worker's `kernels.default_kernels()`)
             ) -> GridReport:
     "Run every cell of a grid through the experiment notebook (resumable, locked, failures reported); write summary.csv."
     from tqdm.auto import tqdm
-    check_run_options(executor, workers, threads, timeout, scheduler, schedule)
+    check_run_options(executor, workers, threads, timeout, scheduler, schedule, kernels)
     spec = as_spec(spec)
     cells = expand_cells(spec, max_cells)
     tmpl = load_template(template)
@@ -271,7 +275,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
                 if n_threads and 'threads' in pipe.CELL_DEFAULTS and not params.get('threads'): params['threads'] = n_threads
                 cell_tasks.append({'cell_id': c.id, 'params': params, 'run_dir': str((runs / c.id).resolve()),
                                    'stage': str(stage.resolve()) if stage else None, 'template': tmpl, 'threads': n_threads,
-                                   'timeout': timeout, 'deathsig': executor == 'local'})
+                                   'timeout': timeout, 'deathsig': executor == 'local', 'kernels': kernels})
             bar = tqdm(total=len(cells), initial=len(report.skipped), desc=f'grid {spec.name}', unit='cell',
                        disable=not progress, dynamic_ncols=True)
             def on_done(task, res, err):
@@ -291,14 +295,16 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
                 if isinstance(err, DependencyFailed):
                     res = {'status': 'failed', 'error': f'its model(s) could not be trained: {err}', 'notebook': None}
                 elif err is not None: res = {'status': 'failed', 'error': f'worker lost: {error_summary(err)}', 'notebook': task.arg['run_dir']}
-                else: cell_seconds[cid] = res.get('seconds', 0.0)
+                else:
+                    cell_seconds[cid] = res.get('seconds', 0.0)
+                    if res.get('kernel'): kernel_kinds[res['kernel']] = kernel_kinds.get(res['kernel'], 0) + 1
                 if res['status'] != 'ok' or not is_complete(runs / cid, cid):
                     report.failed[cid] = res.get('error') or f'the run folder is not complete ({run_problem(runs / cid, cid)})'
                     status[cid] = 'complete (previous run kept)' if is_complete(runs / cid, cid) else 'failed'
                     bar.write(f"cell {cid} FAILED: {report.failed[cid]} (notebook: {res.get('notebook')})")
                 else: report.ran.append(cid); status[cid] = 'complete'
                 bar.update(1); bar.set_postfix(failed=len(report.failed))
-            cell_seconds = {}
+            cell_seconds, kernel_kinds = {}, {}
             tasks = plan_tasks(cell_tasks, schedule)
             try:
                 if executor == 'local': run_local(tasks, n_workers, n_threads, on_done)
@@ -309,7 +315,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
                     if status[c.id] == 'pending' and is_complete(runs / c.id, c.id): status[c.id] = 'complete (previous run kept)'
                 report.stages = grid_stages(report.models, cell_seconds, [runs / c for c in report.ran])
                 save_json(out_dir / 'grid.json', {**record, 'cells': status, 'executor': executor, 'workers': n_workers,
-                                                  'threads': n_threads, 'schedule': schedule, 'models': report.models,
+                                                  'threads': n_threads, 'schedule': schedule, 'kernels': kernel_kinds, 'models': report.models,
                                                   'stages': report.stages, 'seconds': round(time.time() - t0, 3),
                                                   'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
                 if progress and report.stages: print(report.stage_summary())

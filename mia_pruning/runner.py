@@ -81,29 +81,36 @@ def kernel_start_failed(e: BaseException) -> bool:
     return any(s in text for s in ('Kernel died before replying to kernel_info', 'Address already in use', 'Kernel didn\'t respond in'))
 
 def execute_cell(task: dict) -> dict:
-    "Run one cell's notebook: `task` has cell_id, params, run_dir, template (JSON text), and optionally stage, threads, timeout, deathsig."
+    "Run one cell's notebook: `task` has cell_id, params, run_dir, template (JSON text), and optionally stage, threads, timeout, deathsig, kernels."
     import papermill as pm
+    from mia_pruning.kernels import check_kernels, default_kernels, forked_manager
     t0 = time.time()
     run_dir = Path(task['run_dir'])
     work = Path(task.get('stage') or run_dir)
     out = {'cell_id': task['cell_id'], 'status': 'ok', 'error': None, 'notebook': str(work / 'run.ipynb'),
-           'host': socket.gethostname(), 'pid': os.getpid()}
+           'host': socket.gethostname(), 'pid': os.getpid(), 'kernel': None}
     saved = {v: os.environ.get(v) for v in THREAD_VARS}
     try:
+        mode = check_kernels(task.get('kernels') or default_kernels())
         if task.get('threads'):
             for v in THREAD_VARS: os.environ[v] = str(task['threads'])  # read by the kernel's torch at import
         plain_folder(work, 'run folder'); clear_folder(work); work.mkdir(parents=True)
         nb = nbformat.reads(task['template'], as_version=4)
         logging.getLogger('papermill').setLevel(logging.ERROR)  # not "Passed unknown parameter" per cell
         logging.getLogger('traitlets').setLevel(logging.CRITICAL)  # nbclient's own log: a failure comes back as an exception
-        guard = kernel_guard_source(os.getpid(), task.get('deathsig', True))
+        guard = [f'--IPKernelApp.exec_lines={kernel_guard_source(os.getpid(), task.get("deathsig", True))}']
+        def started(km): out['kernel'] = ('forked' if km.forked else f'fresh (the fork server failed: {km.fork_error})' if km.fork_error
+                                          else 'fresh (this kernel cannot be forked here)')
+        how = ({'kernel_manager_class': forked_manager(fresh_arguments=guard, on_start=started), 'extra_arguments': []}
+               if mode == 'forked' else {'extra_arguments': guard})  # a forked kernel has its driver's life pipe instead
+        if mode == 'fresh': out['kernel'] = 'fresh'
         for attempt in range(KERNEL_START_TRIES):
             try:
                 pm.execute_notebook(nb, str(work / 'run.ipynb'), parameters={**task['params'], 'out_dir': str(work)},
                                     kernel_name='python3', progress_bar=False, log_output=False, start_timeout=300,
                                     execution_timeout=task.get('timeout'), resources={'metadata': {'path': str(work)}},
                                     shutdown_kernel='immediate',  # every cell has run and its outputs are in: no 1 s graceful wait
-                                    extra_arguments=['--IPKernelApp.log_level=50', f'--IPKernelApp.exec_lines={guard}'])
+                                    **{**how, 'extra_arguments': ['--IPKernelApp.log_level=50', *how['extra_arguments']]})
                 break
             except Exception as e:  # a kernel that died while starting (e.g. two kernels raced for a port) ran nothing: start again
                 if attempt + 1 == KERNEL_START_TRIES or not kernel_start_failed(e): raise

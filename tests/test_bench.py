@@ -132,11 +132,15 @@ def test_main(tmp_path, capsys):
 
 
 def test_cell_cost(tmp_path, capsys):
-    "The fixed-cost benchmark runs a real cell through the experiment notebook and subtracts run_cell's own time."
+    "The fixed-cost benchmark runs a real cell through the experiment notebook, forked and fresh, and subtracts run_cell's own time."
     rec = bench.bench_cell_cost(smoke=True, out=tmp_path, repeats=1)
     out = capsys.readouterr().out
-    rec = check_record(tmp_path / 'cell_cost.json', 'cell_cost', ['cell fixed cost'], out)
-    (cell,) = rec['raw']['cells']
-    assert cell['wall_s'] > cell['run_cell_s'] > 0 and cell['fixed_s'] == pytest.approx(cell['wall_s'] - cell['run_cell_s'])
+    rec = check_record(tmp_path / 'cell_cost.json', 'cell_cost', ['cell fixed cost', 'cell wall, forked vs fresh kernel'], out)
+    for mode in ('fresh', 'forked'):
+        (cell,) = rec['raw']['cells'][mode]
+        assert cell['wall_s'] > cell['run_cell_s'] > 0 and cell['fixed_s'] == pytest.approx(cell['wall_s'] - cell['run_cell_s'])
     assert rec['figures'][0]['target'] == 3.0 and rec['figures'][0]['op'] == '<='
+    assert rec['figures'][0]['value'] == pytest.approx(rec['raw']['cells']['forked'][0]['fixed_s'])  # the default's figure
+    walls = [rec['raw']['cells'][m][0]['wall_s'] for m in ('fresh', 'forked')]
+    assert rec['figures'][1]['value'] == pytest.approx(walls[0] / walls[1])
     assert rec['raw']['import_pipeline_s'] > 0
