@@ -101,16 +101,16 @@ def execute_cell(task: dict) -> dict:
         guard = [f'--IPKernelApp.exec_lines={kernel_guard_source(os.getpid(), task.get("deathsig", True))}']
         def started(km): out['kernel'] = ('forked' if km.forked else f'fresh (the fork server failed: {km.fork_error})' if km.fork_error
                                           else 'fresh (this kernel cannot be forked here)')
-        how = ({'kernel_manager_class': forked_manager(fresh_arguments=guard, on_start=started), 'extra_arguments': []}
-               if mode == 'forked' else {'extra_arguments': guard})  # a forked kernel has its driver's life pipe instead
+        quiet = ['--IPKernelApp.log_level=50']
+        how = ({'kernel_manager_class': forked_manager(fresh_arguments=guard, on_start=started), 'extra_arguments': quiet}
+               if mode == 'forked' else {'extra_arguments': quiet + guard})  # a forked kernel has its driver's life pipe instead
         if mode == 'fresh': out['kernel'] = 'fresh'
         for attempt in range(KERNEL_START_TRIES):
             try:
                 pm.execute_notebook(nb, str(work / 'run.ipynb'), parameters={**task['params'], 'out_dir': str(work)},
                                     kernel_name='python3', progress_bar=False, log_output=False, start_timeout=300,
                                     execution_timeout=task.get('timeout'), resources={'metadata': {'path': str(work)}},
-                                    shutdown_kernel='immediate',  # every cell has run and its outputs are in: no 1 s graceful wait
-                                    **{**how, 'extra_arguments': ['--IPKernelApp.log_level=50', *how['extra_arguments']]})
+                                    shutdown_kernel='immediate', **how)  # every cell has run and its outputs are in: no 1 s graceful wait
                 break
             except Exception as e:  # a kernel that died while starting (e.g. two kernels raced for a port) ran nothing: start again
                 if attempt + 1 == KERNEL_START_TRIES or not kernel_start_failed(e): raise
