@@ -139,7 +139,10 @@ def serve(ctrl_fd: int, # this end of the socket pair the driver made
                 except EOFError: os._exit(0)
                 op, pid = msg.get('op'), msg.get('pid')
                 if op == 'spawn':
-                    child = os.fork()
+                    try: child = os.fork()
+                    except OSError as e:  # (out of memory or processes): this request fails, the server stays
+                        for fd in fds: os.close(fd)
+                        _send(ctrl, {'error': f'fork failed: {e}'}); continue
                     if child == 0:
                         signal.set_wakeup_fd(-1); sel.close(); ctrl.close()
                         for fd in (life_fd, wake_r, wake_w): os.close(fd)
@@ -317,10 +320,11 @@ class ForkedProvisioner(LocalProvisioner):
         if argv is not None:
             env, cwd = dict(kwargs.get('env') or os.environ), str(kwargs.get('cwd') or os.getcwd())
             if not kwargs.get('independent'): env['JPY_PARENT_PID'] = str(os.getpid())  # as jupyter_client's launch_kernel sets it
-            try: srv = await asyncio.get_running_loop().run_in_executor(None, fork_server, env)  # imports: off the event loop
-            except RuntimeError as e: km.fork_error = str(e)
-            else:
+            try:
+                srv = await asyncio.get_running_loop().run_in_executor(None, fork_server, env)  # imports: off the event loop
                 self.process = srv.spawn(argv, env, cwd)
+            except (RuntimeError, OSError, EOFError) as e: km.fork_error = str(e)  # no server, or it could not fork: start fresh
+            else:
                 self.pid, self.pgid, self.cwd = self.process.pid, None, cwd
                 km.forked = True
                 return self.connection_info

@@ -112,12 +112,18 @@ def test_a_timeout_ends_a_forked_kernel_and_fails_the_cell(tmp_path):
     assert gone(pid), 'execute_cell returned while the kernel it timed out still ran'  # ended before the result, not after
 
 
-def test_a_server_that_cannot_start_leaves_the_cell_to_a_fresh_guarded_kernel(tmp_path, monkeypatch):
-    def broken(env=None): raise RuntimeError('the kernel fork server did not start: boom')
-    monkeypatch.setattr(K, 'fork_server', broken)
+@pytest.mark.parametrize('what', ['start', 'fork'])
+def test_a_server_that_cannot_start_or_fork_leaves_the_cell_to_a_fresh_guarded_kernel(what, tmp_path, monkeypatch):
+    if what == 'start':
+        def broken(env=None, preload=None): raise RuntimeError('the kernel fork server did not start: boom')
+        monkeypatch.setattr(K, 'fork_server', broken)
+    else:
+        def no_fork(self, argv, env, cwd): raise OSError('fork failed: [Errno 12] Cannot allocate memory')
+        monkeypatch.setattr(K.ForkServer, 'spawn', no_fork)
     body = PROBE.replace('DRIVER', str(os.getpid())) + "\n(d / 'ppid').write_text(str(os.getppid()))"
     res = execute_cell({'cell_id': 'c', 'params': {'cell': 'c'}, 'run_dir': str(tmp_path / 'r'), 'template': template(body), 'kernels': 'forked'})
-    assert res['status'] == 'ok' and res['kernel'] == 'fresh (the fork server failed: the kernel fork server did not start: boom)', res
+    why = 'the kernel fork server did not start: boom' if what == 'start' else 'fork failed: [Errno 12] Cannot allocate memory'
+    assert res['status'] == 'ok' and res['kernel'] == f'fresh (the fork server failed: {why})', res
     assert int((tmp_path / 'r' / 'ppid').read_text()) == os.getpid()  # a fresh kernel, our child, with the runner's guard
 
 
