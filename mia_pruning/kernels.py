@@ -94,17 +94,15 @@ def serve(ctrl_fd: int, # this end of the socket pair the driver made
           preload=PRELOAD, # modules to import before the first fork
          ):
     "The fork server: import `preload` once, then fork one kernel per request until the driver goes."
-    import selectors, importlib
+    import selectors, importlib, importlib.util
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # it ends when its driver closes the life pipe, not on a terminal's Ctrl-C
     ctrl = socket.socket(fileno=ctrl_fd)
-    cuda_asked = []
-    try:  # a child forked after CUDA's driver was initialised could not use the GPU: watch for it during the imports
-        if 'torch' not in preload: raise ImportError  # (then only torch.cuda.is_initialized() below, if something imported it)
+    cuda_asked, real = [], None  # a child forked after CUDA's driver was initialised could not use the GPU: watch the imports
+    if 'torch' in preload and importlib.util.find_spec('torch'):  # (else only torch.cuda.is_initialized() below, if imported)
         import torch
         real = torch._C._cuda_getDeviceCount
         def count(*a): cuda_asked.append(True); return real(*a)
         torch._C._cuda_getDeviceCount = count
-    except Exception: real = None
     for m in preload:
         try: importlib.import_module(m)
         except Exception: pass

@@ -186,10 +186,14 @@ def resolve_params(params: dict) -> dict:
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
 ADDED_LATER = {'channels_last': False, 'inference': 'fast'}
 
+def _set_later(p: dict, keys=ADDED_LATER) -> dict:
+    "Those of the parameters `keys` (added later) that `p` sets away from their default: the only ones a key may hold."
+    return {k: p[k] for k in keys if p[k] != ADDED_LATER[k]}
+
 def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
     p = resolve_params(params)
-    sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC and not (k in ADDED_LATER and v == ADDED_LATER[k])}
+    sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC and k not in ADDED_LATER} | _set_later(p)
     return f"{p['dataset']}-{p['arch']}-{p['prune_method']}-{p['sparsity']:g}-{p['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
 
 
@@ -214,7 +218,7 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
            'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
-    key |= {k: p[k] for k in ('inference',) if p[k] != ADDED_LATER[k]}  # at its default it stays out: earlier states stay valid
+    key |= _set_later(p, ('inference',))  # at its default it stays out, as in cell ids: earlier states stay valid
     if other is not None: key['other_release'] = other['keys']
     built = {}
     def build(tmp: Path):
