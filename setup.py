@@ -20,25 +20,27 @@ min_python = cfg['min_python']
 lic = licenses[cfg['license']]
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+tabular_requirements = cfg.get('tabular_requirements', '').split()  # the mlbench datasets' reader (R's .rda files)
 
-TEMPLATE = Path('nbs') / 'experiment.ipynb'  # the papermill template: its one source is the notebook
+TEMPLATES = [Path('nbs') / 'experiment.ipynb', Path('nbs') / 'audit.ipynb']  # the papermill templates: their one source is the notebooks
 
 
 class build_py_with_template(build_py):
-    "Copy nbs/experiment.ipynb into the built package as mia_pruning/templates/experiment.ipynb (never kept in the tree)."
+    "Copy the templates nbs/experiment.ipynb and nbs/audit.ipynb into the built package's mia_pruning/templates/ (never kept in the tree)."
     def run(self):
         super().run()
-        if not TEMPLATE.is_file(): raise FileNotFoundError(f'{TEMPLATE} is missing: the package cannot run a grid without it')
-        dest = Path(self.build_lib) / cfg['lib_name'] / 'templates' / TEMPLATE.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(TEMPLATE, dest)
+        for tpl in TEMPLATES:
+            if not tpl.is_file(): raise FileNotFoundError(f'{tpl} is missing: the package cannot run a grid or an audit without it')
+            dest = Path(self.build_lib) / cfg['lib_name'] / 'templates' / tpl.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tpl, dest)
 
 
 class sdist_with_sources(sdist):
     "An sdist that can build the wheel again: it carries settings.ini and the template notebook."
     def make_release_tree(self, base_dir, files):
         super().make_release_tree(base_dir, files)
-        for f in (Path('settings.ini'), TEMPLATE):
+        for f in (Path('settings.ini'), *TEMPLATES):
             (Path(base_dir) / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, Path(base_dir) / f)
 
@@ -64,7 +66,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'tabular': tabular_requirements},
     python_requires='>=' + min_python,
     zip_safe=False,
     entry_points={

@@ -23,16 +23,16 @@ from .train import TrainConfig, default_train_config, train_cached
 
 
 # %% auto #0
-__all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN', 'ATTACKS', 'CHECK_KEYS',
-           'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value', 'loss_value',
-           'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features', 'SAMIA',
-           'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model', 'member_probability',
-           'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval', 'plain_train_attack_model',
-           'attack_step_profile', 'bench_attack_training', 'lira_valid', 'lira_scores', 'rmia_valid', 'rmia_scores',
-           'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population', 'two_release_features',
-           'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements', 'training_check',
-           'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models', 'AttackData',
-           'attack_data_for', 'balanced_in_mask', 'population_indices']
+__all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN', 'TWO_RELEASE_MIN_ROWS', 'ATTACKS',
+           'CHECK_KEYS', 'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value',
+           'loss_value', 'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features',
+           'SAMIA', 'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model',
+           'member_probability', 'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval',
+           'plain_train_attack_model', 'lira_valid', 'lira_scores', 'rmia_valid', 'rmia_scores', 'lsc_from_py',
+           'qmia_features', 'qmia_margin', 'qmia_min_population', 'synthetic_release_pair', 'out_reference_sd', 'ref_z',
+           'TwoReleaseFeatures', 'two_release_features', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks',
+           'check_requirements', 'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data',
+           'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -336,85 +336,6 @@ def plain_train_attack_model(model: nn.Module, # a fresh attack model with 2 out
             sched.step(); history.append(total / count)
     return model.eval(), history
 
-def attack_step_profile(model: nn.Module, # an attack model (trained in place for `steps` steps)
-                        x: np.ndarray, # (n, d) features, n >= batch_size
-                        y: np.ndarray, # (n,) membership
-                        steps: int = 10, # profiled SGD steps (after 2 unprofiled ones)
-                        batch_size: int = 128, # minibatch size
-                       ) -> pd.DataFrame:
-    "Where a CPU training step's time goes: self CPU ms per step and share, by group (dropout masks, matrix products, ...)."
-    import os
-    os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # kineto would log a GPU-count 'ERROR' on machines without one
-    from torch.profiler import profile, ProfilerActivity
-    if len(x) < batch_size: raise ValueError(f'need at least batch_size={batch_size} rows, got {len(x)}')
-    xt, yt = torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(y).astype(np.int64))
-    model.cpu().train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    gen = torch.Generator().manual_seed(0)
-    def step():
-        b = torch.randperm(len(xt), generator=gen)[:batch_size]
-        loss = nn.functional.cross_entropy(model(xt[b]), yt[b]); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    for _ in range(2): step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps): step()
-    groups = {'aten::bernoulli_': 'dropout masks', 'aten::mm': 'matrix products', 'aten::bmm': 'matrix products',
-              'aten::addmm': 'matrix products', 'aten::_softmax': 'softmax', 'aten::_softmax_backward_data': 'softmax'}
-    rows = {}
-    for e in prof.key_averages():
-        if not e.key.startswith('aten::') and '#' not in e.key: continue  # autograd/engine wrappers: their self time is ~0
-        g = 'optimizer' if e.key.startswith('Optimizer.') else groups.get(e.key, 'other ops')
-        rows[g] = rows.get(g, 0.0) + e.self_cpu_time_total / 1e3 / steps
-    out = pd.DataFrame({'group': list(rows), 'ms_per_step': list(rows.values())}).sort_values('ms_per_step', ascending=False)
-    out['share'] = out.ms_per_step / out.ms_per_step.sum()
-    return out.reset_index(drop=True)
-
-def bench_attack_training(smoke: bool = False, # tiny sizes (seconds): no verdict
-                          out=None, # folder for the JSON record (None: none written)
-                          threads: int | None = None, # torch threads (default: `bench.default_threads`)
-                          device='cpu', # the device measured
-                          rows: int | None = None, # shadow rows (default 13,500 as 3 Fashion-MNIST shadows; smoke 384)
-                          repeats: int | None = None, # timed one-epoch runs of each loop (default 3; smoke 2)
-                         ) -> dict:
-    "A SAMIA and an nn attack epoch with `train_attack_model` vs `plain_train_attack_model` (target >= 2x, |delta AUC| <= 0.005)."
-    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, median, default_threads, sync
-    t0, load0, threads = time.time(), load_average(), threads or default_threads(smoke)
-    rows = rows or (384 if smoke else 13500)
-    repeats = repeats or (2 if smoke else 3)
-    dev = get_device(device)
-    sh = synthetic_attack_data(rows, shift=2.0, seed=70)  # a signal one epoch at 13,500 rows starts to pick up
-    tg = synthetic_attack_data(max(rows // 3, 200), shift=2.0, seed=71)
-    C, figs, raw = sh.num_classes, [], {}
-    cases = [('samia', samia_features, lambda: SAMIA(C)), ('nn', nn_features, lambda: AttackMLP(C))]
-    with fixed_threads(threads):
-        for name, feat, build in cases:
-            xs, xt, ys = feat(sh), feat(tg), sh.is_member
-            got = {}
-            def fresh():
-                with torch.random.fork_rng(devices=[]): torch.manual_seed(1); return build()
-            def ours(): got['ours'] = train_attack_model(fresh(), xs, ys, epochs=1, seed=2, device=dev)[0]; sync(dev)
-            def plain(): got['plain'] = plain_train_attack_model(fresh(), xs, ys, epochs=1, seed=2, device=dev)[0]; sync(dev)
-            ta, tb = time_pair(ours, plain, repeats=repeats, warmup=1)
-            wdiff = max((p - q).abs().max().item() for p, q in zip(got['ours'].parameters(), got['plain'].parameters()))
-            auc_a = membership_metrics(member_probability(got['ours'], xt), tg.is_member)['auc']
-            auc_b = membership_metrics(member_probability(got['plain'], xt), tg.is_member)['auc']
-            d_auc = abs(auc_a - auc_b)
-            ratio = median(tb) / median(ta)
-            steps = len(range(0, rows, 128))
-            raw[name] = {'rows': rows, 'steps_per_epoch': steps, 'ours_seconds': ta, 'plain_seconds': tb, 'ours_median_s': median(ta),
-                         'plain_median_s': median(tb), 'ours_auc': auc_a, 'plain_auc': auc_b, 'max_weight_diff': wdiff}
-            f = Figure(f'{name} attack epoch ({rows:,} rows)', ratio, 'cheaper than the plain DataLoader loop', 2.0, '>=',
-                       detail=f'ours {median(ta):.2f} s, plain {median(tb):.2f} s per epoch ({steps} steps of 128); AUC '
-                              f'{auc_a:.4f} vs {auc_b:.4f} (|delta| {d_auc:.1e}), max weight difference {wdiff:.1e}',
-                       smoke=smoke, data={'delta_auc': d_auc, 'max_weight_diff': wdiff}, extra_ok=d_auc <= 0.005)
-            figs.append(f); print(f.line(), flush=True)
-    rec = bench_record('attack_training', figs, raw, smoke, t0, load0, threads, str(dev),
-                       notes='One epoch of the study recipe (SGD lr 1e-3, momentum 0.9, wd 5e-4, batch 128) from the same '
-                             'initialisation, batch order and dropout stream; median of the timed runs after one warm-up each, '
-                             'interleaved. Synthetic shadow data (shift 2.0, 10 classes); AUC on a synthetic target.')
-    write_record(out, rec)
-    return rec
-
-
 # %% ../nbs/06_attacks.ipynb #089c27b7
 def _group_stats(ref: np.ndarray, mask: np.ndarray):
     "Per-row count, mean and sum of squared residuals of `ref` over the True entries of `mask`."
@@ -539,30 +460,128 @@ def qmia_min_population(alpha: float) -> int:
 
 
 # %% ../nbs/06_attacks.ipynb #ad0bb29f
-def _ref_z(d: AttackData) -> np.ndarray:
-    "Each record's offline-LiRA z-score of its logit-scaled confidence against its OUT references (pooled variance); 0 without."
-    if d.ref_lsc is None: return np.zeros(len(d))
-    n_out, mu, ss = _group_stats(d.ref_lsc, ~d.ref_in)
-    ok = n_out > 0
-    sd = math.sqrt(ss[ok].sum() / max(int((n_out[ok] - 1).sum()), 1)) if ok.any() else 1.0
-    return np.where(ok, (d.lsc - mu) / max(sd, 1e-6), 0.0)
+def synthetic_release_pair(n: int = 2000, # records (half members)
+                           num_refs: int = 4, # reference models per record (each with a dense and a pruned release)
+                           ref_in_frac: float = 0.0, # chance that a reference trained on a record (0: all OUT, as on the victim side; overlapping shadows: about 0.45)
+                           dense_shift: float = 0.0, # members' logit-scaled confidence gain in the dense release
+                           pruned_shift: float = 0.0, # members' gain in the pruned release
+                           shared: float = 1.0, # correlation of a model's dense and pruned noise (1: the pruned release is fine-tuned from the dense one)
+                           noise: float = 1.0, # per-model noise of the confidence
+                           change_noise: float = 0.3, # extra noise that pruning adds to each record
+                           spread: float = 1.5, # spread of difficulty across records
+                           base: float = 1.0, # mean difficulty (logit-scaled confidence of a non-member)
+                           num_pop: int = 200, # RMIA population records (0 = none)
+                           seed: int = 0, # seed
+                          ) -> AttackData:
+    "The pruned release's `AttackData` with `.other` = the dense one, references and population included: a known two-release case."
+    rng = np.random.default_rng(seed)
+    member = rng.permutation(np.arange(n) < n // 2)
+    y = rng.integers(0, 2, n)
+    def releases(d, gain_in):  # (dense, pruned) logit-scaled confidence of one model per column of `gain_in`
+        e = rng.normal(0, noise, d.shape)
+        dense = d + dense_shift * gain_in + e
+        own = shared * e + math.sqrt(max(1 - shared ** 2, 0.0)) * rng.normal(0, noise, d.shape)
+        return dense, d - 0.5 + pruned_shift * gain_in + own + rng.normal(0, change_noise, d.shape)
+    d = rng.normal(base, spread, n)
+    rin = rng.random((n, num_refs)) < ref_in_frac
+    ld, lp = releases(d, member.astype(float))
+    rd, rp = releases(np.repeat(d[:, None], num_refs, 1), rin.astype(float))
+    dz = rng.normal(base, spread, num_pop)
+    zd, zp = releases(dz, np.zeros(num_pop))
+    zrd, zrp = releases(np.repeat(dz[:, None], num_refs, 1), np.zeros((num_pop, num_refs)))
+    def side(lsc, ref, pop, pop_ref):
+        p = expit(lsc)
+        kw = dict(probs=np.where(np.eye(2, dtype=bool)[y], p[:, None], 1 - p[:, None]), labels=y, is_member=member, lsc=lsc)
+        if num_refs: kw.update(ref_lsc=ref, ref_py=expit(ref), ref_in=rin)
+        if num_pop:
+            kw.update(pop_py=expit(pop)[None], pop_labels=rng.integers(0, 2, num_pop)[None])
+            if num_refs: kw['pop_ref_py'] = expit(pop_ref)[None]
+        return AttackData(**kw)
+    return side(lp, rp, zp, zrp).with_other(side(ld, rd, zd, zrd))
 
-def two_release_features(d: AttackData) -> np.ndarray:
-    "(n, 6): the other (dense) release's and this (pruned) release's confidence, their difference, and the same for LiRA z-scores."
-    if d.other is None: raise ValueError('two_release_features needs AttackData.other: the same records scored by the other release')
-    o = d.other
-    zd, zp = _ref_z(o), _ref_z(d)
-    return np.stack([o.lsc, d.lsc, d.lsc - o.lsc, zd, zp, zp - zd], 1)
+def out_reference_sd(*sides: AttackData) -> tuple[float, int]:
+    "The OUT references' standard deviation of logit-scaled confidence, pooled within records over every record of `sides`, and its degrees of freedom (0: not estimable, NaN)."
+    ss, dof = 0.0, 0
+    for d in sides:
+        if d.ref_lsc is None: continue
+        n_out, _, s = _group_stats(d.ref_lsc, ~d.ref_in)
+        ss, dof = ss + float(s.sum()), dof + int(np.maximum(n_out - 1, 0).sum())  # a record with one OUT reference adds nothing
+    return (math.sqrt(ss / dof) if dof else float('nan')), dof
+
+def ref_z(d: AttackData, # records with reference statistics
+          sd: float, # one standard deviation for every record (e.g. `out_reference_sd` of both sides)
+         ) -> np.ndarray:
+    "Offline-LiRA z-score per record, `(lsc - mean of its OUT references) / sd`; NaN where a record has no OUT reference."
+    n_out, mu, _ = _group_stats(d.ref_lsc, ~d.ref_in)
+    return np.where(n_out > 0, (d.lsc - mu) / sd, np.nan)
+
+TWO_RELEASE_MIN_ROWS = 20  # shadow members and non-members a feature block needs before it is fitted
+
+@dataclass(frozen=True)
+class TwoReleaseFeatures:
+    "The two-release attack's inputs: one column per feature, computed the same way on the shadow and the target side."
+    names: tuple  # column names
+    shadow: np.ndarray  # (n_shadow, k); NaN where a record lacks a statistic (see `shadow_rows`)
+    target: np.ndarray  # (n_target, k); a missing statistic filled with the fitted shadow rows' median
+    shadow_rows: np.ndarray  # indices of the shadow records the regression is fitted on (every statistic present)
+    lira_sd: dict  # release -> the one OUT standard deviation of its z-scores (1.0 where none could be estimated)
+    notes: tuple  # what was left out or filled, and why
+
+def two_release_features(shadow: AttackData, # pooled shadow records, `.other` = the same records through the other (dense) release
+                         target: AttackData, # the victim's records, `.other` likewise
+                         a: float = 0.3, # RMIA's offline scaling
+                        ) -> TwoReleaseFeatures:
+    "Per release: logit-scaled confidence, offline-LiRA z and RMIA score, and each one's change between the releases."
+    for side, d in (('shadow', shadow), ('target', target)):
+        if d.other is None: raise ValueError(f'two_release_features needs AttackData.other on the {side} side: the same records scored by the other release')
+    cols, notes, sds = {}, [], {}
+    def block(name, f):  # three columns: dense, pruned, change; each f(d) -> (n,)
+        (sd_, sp_), (td, tp) = [(f(s.other, 'dense'), f(s, 'pruned')) for s in (shadow, target)]
+        for col, s_, t_ in ((f'{name}_dense', sd_, td), (f'{name}_pruned', sp_, tp), (f'{name}_change', sp_ - sd_, tp - td)): cols[col] = (s_, t_)
+    block('lsc', lambda d, rel: d.lsc)
+    four = dict(zip(('shadow (pruned)', 'shadow (dense)', 'target (pruned)', 'target (dense)'), (shadow, shadow.other, target, target.other)))
+    lacking = lambda *ks: ', '.join(n for n, d in four.items() if any(getattr(d, k) is None for k in ks))
+    if not lacking('ref_lsc'):
+        for rel, pair in (('dense', (shadow.other, target.other)), ('pruned', (shadow, target))):
+            sd, dof = out_reference_sd(*pair)
+            if not dof or not sd > 1e-6:
+                notes.append(f'lira_z: no record of the {rel} release has 2 OUT references with distinct values, so no variance can be '
+                             'estimated; its z-scores are left in logit units (sd 1) on both sides'); sd = 1.0
+            sds[rel] = sd
+        block('lira_z', lambda d, rel: ref_z(d, sds[rel]))
+    else: notes.append(f"lira_z: left out: {lacking('ref_lsc')} carry no reference models")
+    if not lacking('ref_py', 'pop_ref_py'): block('rmia', lambda d, rel: rmia_scores(d.py, d.ref_py, d.ref_in, d.group, d.pop_py, d.pop_ref_py, a))
+    else: notes.append(f"rmia: left out: {lacking('ref_py', 'pop_ref_py')} carry no reference or population statistics")
+    ok = np.ones(len(shadow), bool)
+    for prefix in ('lira_z', 'rmia'):  # a block is fitted on the shadow records that have its statistic
+        names = [c for c in cols if c.startswith(prefix)]
+        if not names: continue
+        have = np.isfinite(np.stack([cols[c][0] for c in names], 1)).all(1) & ok
+        m = shadow.is_member[have]
+        if min(m.sum(), (~m).sum()) < TWO_RELEASE_MIN_ROWS:
+            notes.append(f'{prefix}: left out: only {int(m.sum())} members and {int((~m).sum())} non-members of the shadow side have an '
+                         f'OUT reference (at least {TWO_RELEASE_MIN_ROWS} of each needed)')
+            for c in names: del cols[c]
+        else: ok = have
+    if not ok.all(): notes.append(f'fitted on the {int(ok.sum())} of {len(shadow)} shadow records with at least one OUT reference')
+    xs = np.stack([s for s, _ in cols.values()], 1)
+    xt = np.stack([t for _, t in cols.values()], 1)
+    bad = ~np.isfinite(xt)
+    if bad.any():
+        xt = np.where(bad, np.nanmedian(xs[ok], 0), xt)
+        notes.append(f'{int(bad.any(1).sum())} target records lack a statistic (no OUT reference): filled with the shadow median')
+    return TwoReleaseFeatures(tuple(cols), xs, xt, np.flatnonzero(ok), sds, tuple(notes))
 
 def _two_release(shadow: AttackData, target: AttackData, ctx: AttackContext, C: float = 1.0):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    f = two_release_features(shadow, target)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight='balanced', max_iter=2000))
-    clf.fit(two_release_features(shadow), shadow.is_member)
-    s = clf.decision_function(two_release_features(target))
-    return s, s >= 0, {'coef': [float(c) for c in clf[-1].coef_.ravel()], 'num_refs': target.num_refs}
-
+    clf.fit(f.shadow[f.shadow_rows], shadow.is_member[f.shadow_rows])
+    s = clf.decision_function(f.target)
+    return s, s >= 0, {'features': list(f.names), 'coef': [float(c) for c in clf[-1].coef_.ravel()], 'num_refs': target.num_refs,
+                       'shadow_rows': int(len(f.shadow_rows)), 'lira_sd': {k: float(v) for k, v in f.lira_sd.items()}, 'notes': list(f.notes)}
 
 # %% ../nbs/06_attacks.ipynb #573c1e26
 @dataclass

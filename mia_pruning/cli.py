@@ -4,15 +4,17 @@
 
 # %% ../nbs/11a_cli.ipynb #0b3ddd42
 from __future__ import annotations
-import sys, argparse, difflib, importlib
+import sys, argparse, difflib, importlib, importlib.util
+from .executors import interrupts_end_the_run, raise_if_interrupted  # light: no torch
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_CELLS_DEFAULT', 'parse_value', 'parse_assignments', 'build_parser', 'cmd_grid', 'cmd_run', 'full_report',
-           'cmd_report', 'cmd_bench', 'main']
+__all__ = ['MAX_NUMBER_CHARS', 'MAX_CELLS_DEFAULT', 'DEV_ONLY', 'parse_value', 'parse_assignments', 'build_parser', 'cmd_grid',
+           'cmd_run', 'full_report', 'cmd_report', 'cmd_bench', 'main']
 
 # %% ../nbs/11a_cli.ipynb #a5efd941
 _TRUE, _FALSE = {'true', '1', 'yes', 'y', 'on'}, {'false', '0', 'no', 'n', 'off'}
+MAX_NUMBER_CHARS = 40  # longer than any number a parameter takes: refused before int() spends time on it
 
 def parse_value(key: str, text: str, default):
     "`text` as the type of `default` (bool, int, float or str); ValueError naming `key` otherwise."
@@ -23,12 +25,17 @@ def parse_value(key: str, text: str, default):
             if t in _TRUE: return True
             if t in _FALSE: return False
             raise ValueError
+        if isinstance(default, (int, float)) and len(text.strip()) > MAX_NUMBER_CHARS: raise ValueError
         if isinstance(default, int): return int(text.strip())
         if isinstance(default, float): return float(text.strip())
         return text
     except ValueError:
-        allowed = ' (true/false, yes/no, 1/0)' if kind == 'bool' else ''
-        raise ValueError(f'parameter {key} takes a {kind}{allowed} (default {default!r}), got {text!r}') from None
+        kind = {'bool': 'a boolean (true/false, yes/no, 1/0)', 'int': 'an integer', 'float': 'a number'}.get(kind, f'a {kind}')
+        from mia_pruning.pipeline import PARAM_RANGES
+        lo_hi = PARAM_RANGES.get(key)
+        within = f' from {lo_hi[0]:,} to {lo_hi[1]:,}' if lo_hi else ''
+        shown = repr(text) if len(text) <= 40 else f'{text[:20]!r}... ({len(text):,} characters)'
+        raise ValueError(f'parameter {key} takes {kind}{within} (default {default!r}), got {shown}') from None
 
 def parse_assignments(items: list[str], # 'key=value' strings
                       defaults: dict | None = None, # the known parameters and their defaults (default: CELL_DEFAULTS)
@@ -50,12 +57,13 @@ def parse_assignments(items: list[str], # 'key=value' strings
 
 # %% ../nbs/11a_cli.ipynb #aeac4bfc
 MAX_CELLS_DEFAULT = 100_000  # = gridspec.MAX_CELLS (not imported here: --help stays instant)
+DEV_ONLY = {'notebooks': ('nbdev', 'execnb')}  # commands that need the dev extra, and the modules they import
 
 def build_parser() -> argparse.ArgumentParser:
     "The argparse parser of `mia-pruning` (bench is dispatched before it)."
     p = argparse.ArgumentParser(prog='mia-pruning', description='Membership inference against pruned neural networks: '
                                 'run grids of experiments, single cells and reports.')
-    sub = p.add_subparsers(dest='command', required=True, metavar='{grid,run,report,bench,notebooks}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='{grid,run,report,audit,bench,notebooks}')
     def execution(q):
         q.add_argument('--out', metavar='DIR', help='output folder (default: outputs/<grid name>)')
         q.add_argument('--workers', type=int, metavar='N', help='cells run in parallel (default: min(cells, cores, 4))')
@@ -89,12 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('out_dir', metavar='OUT_DIR')
     rp.add_argument('--cell', metavar='ID', help='cell whose prediction divergence is drawn (default: the reference-like cell)')
     sub.add_parser('bench', help='benchmarks (mia_pruning.bench; `mia-pruning bench --help`)', add_help=False)
-    sub.add_parser('notebooks', help='re-execute the documentation notebooks in place (mia_pruning.docs; `mia-pruning notebooks --help`)', add_help=False)
+    sub.add_parser('audit', help='audit a dense/pruned pair you already have (mia_pruning.audit; `mia-pruning audit --help`)', add_help=False)
+    sub.add_parser('notebooks', help='re-execute the documentation notebooks of a clone in place (mia_pruning.docs; needs the dev '
+                   "extra: pip install -e '.[dev]')", add_help=False)
     return p
 
 
 # %% ../nbs/11a_cli.ipynb #4c694414
 def _finish(report, args) -> int:
+    raise_if_interrupted()  # a grid that was interrupted reports nothing
     print(report)
     if args.no_progress and report.stages: print(report.stage_summary())  # with progress on, run_grid printed it
     if not args.no_report and report.summary_path is not None:
@@ -121,6 +132,8 @@ def cmd_grid(args) -> int:
         for c in cells: print(c.id, ' '.join(f'{k}={v}' for k, v in c.coords.items()))
         for note in merge_notes(cells): print(f'note: {note}')
         print(f'{len(cells)} valid cell(s) in grid {spec.name!r}; nothing was run (--dry-run)')
+        from mia_pruning.estimate import describe_plan  # what it will train and fit, and how long that takes here
+        print(describe_plan(spec, args.max_cells, out_dir=args.out, workers=args.workers, threads=args.threads, resume=not args.no_resume))
         return 0
     return _finish(run_grid(spec, executor=args.executor, scheduler=args.scheduler, schedule=args.schedule, **_execution_kw(args)), args)
 
@@ -142,7 +155,7 @@ def full_report(out_dir, cell: str | None = None) -> dict:
     "`report.make_report`, then (with run folders) the claims tables of `claims.write_claims_tables`: {'written': ..., 'skipped': ...}."
     from mia_pruning.report import make_report
     res = make_report(out_dir, cell=cell)
-    if (Path(out_dir) / 'runs').is_dir():
+    if (Path(out_dir) / 'runs').is_dir() or (Path(out_dir) / 'summary.csv').is_file():  # the claims also work from summary.csv alone
         from mia_pruning.claims import write_claims_tables
         try: res['written']['claims'] = write_claims_tables(out_dir)[0].parent
         except (ValueError, KeyError, FileNotFoundError) as e: res['skipped']['claims'] = f'{type(e).__name__}: {e}'
@@ -183,17 +196,25 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mia-pruning` console script; returns the exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == 'bench': return cmd_bench(argv[1:])
+    if argv and argv[0] == 'audit':
+        from mia_pruning.audit import main as audit
+        return int(audit(argv[1:]) or 0)
     if argv and argv[0] == 'notebooks':
+        missing = [m for m in DEV_ONLY['notebooks'] if importlib.util.find_spec(m) is None]
+        if missing: return _error(f"'mia-pruning notebooks' runs the notebooks of a clone with nbdev's executor and needs the dev extra "
+                                  f"(missing: {', '.join(missing)}): pip install -e '.[dev]' in the clone", 2)
         from mia_pruning.docs import main as notebooks
         return int(notebooks(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
-        return {'grid': cmd_grid, 'run': cmd_run, 'report': cmd_report}[args.command](args)
+        with interrupts_end_the_run():
+            return {'grid': cmd_grid, 'run': cmd_run, 'report': cmd_report}[args.command](args)
     except KeyboardInterrupt as e:
         import logging
         logging.getLogger('asyncio').setLevel(logging.CRITICAL)  # not the notebook client's cancelled task, at exit
         how = 'SIGTERM' if str(e) == 'SIGTERM' else 'Ctrl-C'
-        return _error(f'interrupted ({how}): workers stopped, lock released, complete runs kept; run the same command again to resume', 130)
+        return _error(f'interrupted ({how}): workers stopped, lock released, complete runs kept; run the same command again to resume',
+                      143 if how == 'SIGTERM' else 130)  # the shell's 128 + signal number
     except (ValueError, FileNotFoundError) as e: return _error(f'error: {e}', 2)
     except OSError as e: return _error(f'error: {e}', 1)  # a full disk, a read-only folder: the message names the file
     except Exception as e:

@@ -13,10 +13,10 @@ import numpy as np
 # readers too (the report, the evidence and exposure analyses)
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'in_test', 'project_root', 'default_out_dir', 'default_cache_dir', 'seed_everything', 'get_device',
-           'atomic_write', 'with_suppress', 'save_json', 'load_json', 'save_arrays', 'load_arrays', 'save_checkpoint',
-           'load_checkpoint', 'config_hash', 'cache_use', 'ArtifactCache', 'git_commit', 'env_info', 'render_readme',
-           'write_readme']
+__all__ = ['UMASK', 'CACHE_VERSION', 'in_test', 'project_root', 'default_out_dir', 'default_cache_dir', 'seed_everything',
+           'get_device', 'atomic_write', 'with_suppress', 'save_json', 'load_json', 'save_arrays', 'load_arrays',
+           'save_checkpoint', 'load_checkpoint', 'config_hash', 'cache_use', 'ArtifactCache', 'git_commit', 'env_info',
+           'render_readme', 'write_readme']
 
 # %% ../nbs/00_core.ipynb #9d2bd822
 def in_test() -> bool:
@@ -88,18 +88,28 @@ def get_device(pref: str | torch.device = 'auto') -> torch.device:
     return torch.device(pref)
 
 # %% ../nbs/00_core.ipynb #c317cd6e
+def _umask() -> int:
+    old = os.umask(0o022); os.umask(old); return old
+
+UMASK = _umask()  # read once at import (os.umask can only be read by setting it)
+
 def atomic_write(path: str | Path, # destination
                  write: Callable[[io.BufferedWriter], Any], # called with a binary file object
                 ) -> Path:
     "Write `path` atomically: `write(f)` fills a temp file in the same folder, which then replaces `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
         with os.fdopen(fd, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
+            write(f); f.flush(); os.fchmod(f.fileno(), 0o666 & ~UMASK); os.fsync(f.fileno())  # as open() would create it, not mkstemp's 600
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder: the error names the file, and the old file stays
+        if tmp: with_suppress(os.unlink, tmp)
+        if str(path) in str(e): raise
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror or e}', str(path)) from None
     except BaseException:
-        with_suppress(os.unlink, tmp)
+        if tmp: with_suppress(os.unlink, tmp)
         raise
     return path
 
@@ -250,6 +260,10 @@ class ArtifactCache:
             if not isinstance(files, dict) or not files or any(r not in files for r in required): return False
             return all(_plain_name(n) and not (path / n).is_symlink() and (path / n).is_file()
                        and (path / n).stat().st_size == m['size'] and _sha256(path / n) == m['sha256'] for n, m in files.items())
+        except PermissionError as e:  # not damage: another user's entry, or no read access. Never delete what we cannot read
+            raise PermissionError(e.errno, f'cache entry {path} cannot be read ({e.strerror}: {e.filename}); it is left as it is. '
+                                  'Give this user read access to the cache, or use a cache of its own (cache_dir, $MIA_PRUNING_CACHE)',
+                                  e.filename) from None
         except Exception: return False
 
     def _heal(self, p: Path, what: str):
@@ -289,6 +303,7 @@ class ArtifactCache:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._clean_stale(final)
             tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.', suffix='.tmp'))
+            os.chmod(tmp, 0o777 & ~UMASK)  # as mkdir would make it: a shared cache stays readable by its group
             t0 = time.time()
             try:
                 build(tmp)
@@ -324,13 +339,21 @@ class ArtifactCache:
         built = {}
         def _build(tmp):
             built['obj'] = build(); save(tmp / name, built['obj'])
-        path = self.get_or_build(kind, key, _build, required=(name,))
-        if 'obj' in built: return built['obj']
-        try: return load(path / name)
-        except Exception:  # bytes that match the manifest yet do not decode (a forged manifest): rebuild once
+        return self.read_or_build(kind, key, _build, lambda path: built['obj'] if 'obj' in built else load(path / name), required=(name,))
+
+    def read_or_build(self, kind: str, # artifact kind
+                      key: dict, # everything that determines the artifact
+                      build: Callable[[Path], Any], # writes the artifact's files into the folder it is given
+                      read: Callable[[Path], Any], # reads the entry folder into what the caller needs
+                      required: tuple = (), # file names a reusable entry must hold
+                     ):
+        "`read(entry)` of the (`kind`, `key`) entry, built if needed; an entry whose files match their manifest yet do not decode (forged) is rebuilt once."
+        path = self.get_or_build(kind, key, build, required)
+        try: return read(path)
+        except PermissionError: raise  # not damage: never delete what cannot be read
+        except Exception:
             self._heal(path, 'entry')
-            path = self.get_or_build(kind, key, _build, required=(name,))
-            return built['obj'] if 'obj' in built else load(path / name)
+            return read(self.get_or_build(kind, key, build, required))
 
     def __repr__(self): return f'ArtifactCache({str(self.root)!r})'
 

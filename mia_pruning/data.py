@@ -14,9 +14,10 @@ from .core import ArtifactCache, config_hash
 
 
 # %% auto #0
-__all__ = ['FASHION_SYSTEM_DIR', 'CHMNIST_URL', 'DATASETS', 'SPLIT_PROTOCOL', 'MIADataset', 'read_idx', 'write_idx',
-           'read_cifar_batch', 'DatasetInfo', 'check_name', 'default_data_root', 'load_dataset', 'dataset_fingerprint',
-           'subsample_dataset', 'Split', 'Splits', 'make_splits', 'get_splits', 'splits_hash']
+__all__ = ['FASHION_SYSTEM_DIR', 'CHMNIST_URL', 'MLBENCH_SYSTEM_DIR', 'TABULAR_EXTRA', 'MLBENCH', 'DATASETS', 'SPLIT_PROTOCOL',
+           'MIADataset', 'read_idx', 'write_idx', 'read_cifar_batch', 'MlbenchSet', 'read_rda_frame',
+           'scale_integer_features', 'encode_labels', 'DatasetInfo', 'check_name', 'default_data_root', 'load_dataset',
+           'dataset_fingerprint', 'subsample_dataset', 'Split', 'Splits', 'make_splits', 'get_splits', 'splits_hash']
 
 # %% ../nbs/01_data.ipynb #3ecd8c1c
 @dataclass
@@ -327,6 +328,101 @@ def _load_location(root, download, fallback=()):
     return _tabular('location', root, 446, 30, ['location.npz', 'data_complete.npz'], ['bangkok', 'location.csv'], [])
 
 
+# %% ../nbs/01_data.ipynb #24aba67e
+MLBENCH_SYSTEM_DIR = Path('/usr/lib/R/site-library/mlbench/data')  # where `apt-get install r-cran-mlbench` puts the .rda files
+TABULAR_EXTRA = 'pip install "mia_pruning[tabular]"'  # the extra that brings the rdata reader
+
+@dataclass(frozen=True)
+class MlbenchSet:
+    "How one mlbench data set is stored and encoded."
+    file: str  # the .rda file in mlbench/data
+    obj: str  # the R object (a data.frame) it holds
+    label: str  # the label column; every other column is a feature, in the file's order
+    high: int  # the published maximum of the integer features: each is divided by it (1 = binary, unchanged)
+
+MLBENCH: dict[str, MlbenchSet] = {
+    'letter': MlbenchSet('LetterRecognition.rda', 'LetterRecognition', 'lettr', 15),
+    'dna': MlbenchSet('DNA.rda', 'DNA', 'Class', 1),
+    'satellite': MlbenchSet('Satellite.rda', 'Satellite', 'classes', 255),
+}
+
+def read_rda_frame(path: str | Path, # an R data file (.rda)
+                   obj: str, # the name of the data.frame it must hold
+                  ):
+    "The data frame `obj` from the R data file `path`, read with the optional `rdata` package."
+    path = Path(path)
+    try: import rdata
+    except ImportError:
+        raise ImportError(f'reading {path} needs the optional rdata package (it parses R data files): {TABULAR_EXTRA}') from None
+    import warnings, pandas as pd
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Unknown encoding', category=UserWarning)  # mlbench's strings are ASCII
+            objs = rdata.read_rda(path)
+    except FileNotFoundError: raise
+    except Exception as e:
+        raise ValueError(f'{path} is not a readable R data file (.rda; truncated or corrupt?): {type(e).__name__}: {e}') from e
+    if obj not in objs: raise ValueError(f'{path}: expected an R object named {obj!r}, found {sorted(map(str, objs))}')
+    if not isinstance(objs[obj], pd.DataFrame):
+        raise ValueError(f'{path}: {obj!r} must be a data.frame, got {type(objs[obj]).__name__}')
+    return objs[obj]
+
+def _numeric_column(col, path) -> np.ndarray:
+    "One column as float64, NaN where missing: numbers as they are, a factor by the numbers its levels name ('0', '1')."
+    import pandas as pd
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        try: levels = np.asarray(col.cat.categories, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f'{path}: column {str(col.name)!r} has non-numeric levels {list(map(str, col.cat.categories))[:5]}') from None
+        codes = col.cat.codes.to_numpy()
+        return np.where(codes >= 0, levels[np.maximum(codes, 0)] if len(levels) else np.nan, np.nan)
+    try: return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError): raise ValueError(f'{path}: column {str(col.name)!r} is not numeric (dtype {col.dtype})') from None
+
+def scale_integer_features(frame, # a pandas DataFrame of features, one column each
+                           high: int, # the published maximum: values must be integers in [0, high]
+                           path = '', # the file they came from (named in errors)
+                          ) -> np.ndarray:
+    "float32 (n, d): integer features in [0, `high`] divided by `high` (0/1 indicators, `high` = 1, unchanged)."
+    if isinstance(high, bool) or not isinstance(high, (int, np.integer)) or high < 1:
+        raise ValueError(f'high must be a positive integer, got {high!r}')
+    x = np.stack([_numeric_column(frame[c], path) for c in frame.columns], axis=1) if frame.shape[1] else np.zeros((len(frame), 0))
+    with np.errstate(invalid='ignore'):
+        bad = ~np.isfinite(x) | (x != np.round(x)) | (x < 0) | (x > high)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f'{path}: feature {str(frame.columns[c])!r} holds {float(x[r, c])} in row {r} (0-based), not an integer in [0, {high}] '
+                         f'(the published range); {int(bad.sum())} such value(s) in all')
+    return (x / high).astype(np.float32)
+
+def encode_labels(labels, # one label per row (a pandas categorical, or strings)
+                  classes: tuple, # the documented order: label k is classes[k]
+                  path = '', # the file they came from (named in errors)
+                 ) -> np.ndarray:
+    "int64 labels: each row's index in `classes`; ValueError naming `path` for a missing label or one not in `classes`."
+    import pandas as pd
+    s = pd.Series(labels)
+    if s.isna().any(): raise ValueError(f'{path}: {int(s.isna().sum())} row(s) have no label')
+    names = s.astype(str).to_numpy()
+    y = pd.Index(list(classes)).get_indexer(names).astype(np.int64)  # -1 where a name is not a class
+    if (y < 0).any():
+        raise ValueError(f'{path}: label(s) {sorted(set(names[y < 0]))[:5]} are not among the {len(classes)} classes {list(classes)}')
+    return y
+
+def _load_mlbench(root, download, fallback=(), name: str = 'letter'):
+    "Read mlbench's `name` from ROOT/<name>, ROOT/mlbench or ROOT (then `fallback`): (x, y, [the file read])."
+    spec, info = MLBENCH[name], DATASETS[name]
+    paths = [c / spec.file for c in [root / name, root / 'mlbench', root, *fallback]]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None: raise _missing(name, paths, info.howto)
+    df = read_rda_frame(path, spec.obj)
+    if spec.label not in df.columns:
+        raise ValueError(f'{path}: the {name} table needs a label column {spec.label!r}, found {[str(c) for c in df.columns][:8]}')
+    feats = df.drop(columns=spec.label)
+    if feats.shape[1] != info.input_shape[0]:
+        raise ValueError(f'{path}: {name} has {info.input_shape[0]} feature columns besides {spec.label!r}, found {feats.shape[1]}')
+    return scale_integer_features(feats, spec.high, path), encode_labels(df[spec.label], info.classes, path), [path]
+
 # %% ../nbs/01_data.ipynb #d0c35e9c
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -341,6 +437,7 @@ class DatasetInfo:
     howto: str = field(default='', repr=False)
     system_dirs: tuple = ()  # folders searched after the default data root when no root is given
     embedded: bool = False  # ships with a Python package: no data root is read
+    classes: tuple = ()  # label names in label order (label k is classes[k]); () where the files give numbers
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
@@ -373,6 +470,15 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo('location', 'tabular', 30, (446,), _load_location, None, None,
                 'Put location.npz (x, y) or the comma-separated bangkok file (label first) in ROOT '
                 '(https://github.com/privacytrustlab/datasets).'),
+    *[DatasetInfo(n, 'tabular', len(cl), (d,), functools.partial(_load_mlbench, name=n), None, None,
+                  f'Get it with `apt-get install r-cran-mlbench` (R\'s mlbench package; its files land in {MLBENCH_SYSTEM_DIR}) and '
+                  f'read it with the optional rdata package: {TABULAR_EXTRA}. Or copy {MLBENCH[n].file} (from that folder or '
+                  f'from the mlbench source package\'s data/) into ROOT/{n}, ROOT/mlbench or ROOT; download=True cannot fetch it.',
+                  system_dirs=(MLBENCH_SYSTEM_DIR,), classes=cl)
+      for n, d, cl in [('letter', 16, tuple(chr(ord('A') + k) for k in range(26))),  # label k: the k-th letter
+                       ('dna', 180, ('ei', 'ie', 'n')),  # exon/intron boundary, intron/exon boundary, neither
+                       ('satellite', 36, ('cotton crop', 'damp grey soil', 'grey soil', 'red soil', 'vegetation stubble',
+                                          'very damp grey soil'))]],  # class names sorted as strings
 ]}
 
 def check_name(name, registry: dict, what: str) -> str:

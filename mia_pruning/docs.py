@@ -17,7 +17,7 @@ __all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'SCREENSHOT
            'screenshot_notebooks', 'main']
 
 # %% ../nbs/14_docs.ipynb #5449946a
-TEMPLATES = ('experiment.ipynb',)  # papermill templates: committed without outputs, never executed in place
+TEMPLATES = ('experiment.ipynb', 'audit.ipynb')  # papermill templates: committed without outputs, never executed in place
 SKIP_FLAGS = ('notest', 'slow')    # the cells nbdev_test skips (settings.ini's tst_flags) are skipped here too
 
 def notebooks_dir(start: str | Path | None = None) -> Path:

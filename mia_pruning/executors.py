@@ -4,14 +4,15 @@
 
 # %% ../nbs/10d_executors.ipynb #05516f40
 from __future__ import annotations
-import os, sys, time, logging, threading
+import os, sys, time, logging, threading, signal, contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['THREAD_VARS', 'DASK_MALLOC_TRIM', 'GLIBC_MMAP_THRESHOLD_MAX', 'Task', 'DependencyFailed', 'check_tasks', 'schedule',
-           'run_inline', 'watch_parent', 'die_with_parent', 'init_worker', 'run_local', 'connect', 'run_dask',
-           'release_malloc_trim', 'on_dask_worker']
+__all__ = ['SIGNAL_NAMES', 'THREAD_VARS', 'DASK_MALLOC_TRIM', 'GLIBC_MMAP_THRESHOLD_MAX', 'Task', 'DependencyFailed',
+           'check_tasks', 'schedule', 'interrupted', 'raise_if_interrupted', 'interrupts_end_the_run', 'run_inline',
+           'watch_parent', 'die_with_parent', 'init_worker', 'run_local', 'connect', 'run_dask', 'release_malloc_trim',
+           'on_dask_worker']
 
 # %% ../nbs/10d_executors.ipynb #c1ac6fea
 @dataclass
@@ -75,8 +76,39 @@ def schedule(tasks: list[Task], submit: Callable, wait_any: Callable, on_done: C
             t = inflight.pop(f)
             try: res, err = f.result(), None
             except Exception as e: res, err = None, e  # a lost worker or a raising task; BaseException ends the run
+            raise_if_interrupted()  # a signal the task turned into an error or a result still ends the run, before its report
             end(t, res, err)
         release()
+
+
+# %% ../nbs/10d_executors.ipynb #a1c6a9ff
+_INTERRUPT = {'signal': None, 'depth': 0}
+SIGNAL_NAMES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM'}
+
+def interrupted() -> str | None:
+    "The name of the signal ('Ctrl-C' or 'SIGTERM') that interrupted the current run, or None."
+    return _INTERRUPT['signal']
+
+def raise_if_interrupted():
+    "KeyboardInterrupt (its message the signal's name) if a signal ended the current run, even if its first exception was caught."
+    if _INTERRUPT['signal'] is not None: raise KeyboardInterrupt(_INTERRUPT['signal'])
+
+def _on_signal(signum, frame):
+    _INTERRUPT['signal'] = _INTERRUPT['signal'] or SIGNAL_NAMES.get(signum, f'signal {signum}')
+    raise KeyboardInterrupt(_INTERRUPT['signal'])
+
+@contextlib.contextmanager
+def interrupts_end_the_run():
+    "Inside: SIGINT and SIGTERM are recorded, then raise KeyboardInterrupt('Ctrl-C' or 'SIGTERM') in the main thread."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    outer = _INTERRUPT['depth'] == 0
+    if outer: _INTERRUPT['signal'] = None
+    old = {s: signal.signal(s, _on_signal) for s in SIGNAL_NAMES}
+    _INTERRUPT['depth'] += 1
+    try: yield
+    finally:
+        _INTERRUPT['depth'] -= 1
+        for s, h in old.items(): signal.signal(s, h)
 
 
 # %% ../nbs/10d_executors.ipynb #ffc198cb
@@ -87,6 +119,7 @@ def run_inline(tasks: list[Task], on_done: Callable):
         f = Future()
         try: f.set_result(t.fn(t.arg))
         except Exception as e: f.set_exception(e)
+        raise_if_interrupted()  # in-process papermill may turn Ctrl-C into a failed cell: the run ends all the same
         return f
     schedule(tasks, submit, lambda fs: fs, on_done)
 

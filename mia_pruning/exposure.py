@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 from .core import atomic_write, load_json, save_json
+from .runs import summary_runs
 STATES = ("dense", "pruned")  # the model states of a run folder (as mia_pruning.pipeline.STATES)
 
 
@@ -44,7 +45,7 @@ def _run_dirs(grid_dir) -> list[Path]:
     if not g.is_dir(): raise ValueError(f'{str(g)!r} is not a folder (expected a grid output folder holding runs/<cell_id>/)')
     runs = g / 'runs'
     if not runs.is_dir(): raise ValueError(f'{str(g)!r} has no runs/ folder; expected a grid output folder holding runs/<cell_id>/')
-    return sorted(p for p in runs.iterdir() if p.is_dir())
+    return summary_runs(g)[0]  # exactly the runs summary.csv holds: complete, of the current spec
 
 def _read_run(rd: Path, attack: str) -> tuple[dict, dict]:
     "params and the per-state arrays of one run folder; raises on anything missing (the caller skips with a warning)."

@@ -4,7 +4,6 @@
 
 # %% ../nbs/03a_fused.ipynb #0f83c09b
 from __future__ import annotations
-from pathlib import Path
 import copy, time, math, contextlib
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from .train import TrainConfig, TrainResult, default_train_config, iterate_batch
 
 # %% auto #0
 __all__ = ['FUSABLE', 'AUTO_FUSED', 'AUTO_CPU_MAX_INPUT', 'GroupedLinear', 'fuse_models', 'check_fused', 'split_state',
-           'pack_inputs', 'unpack_logits', 'use_fused', 'train_models_fused', 'bench_fused', 'bench_fused_gpu']
+           'pack_inputs', 'unpack_logits', 'use_fused', 'train_models_fused']
 
 # %% ../nbs/03a_fused.ipynb #82fa5035
 class GroupedLinear(nn.Module):
@@ -285,86 +284,4 @@ def _train_group(models, ds, pairs, cfg, seeds, device, progress, desc, channels
         mod.load_state_dict(best[i][2])
         out.append(TrainResult(mod, hist[i], best[i][1], best[i][0], secs / m))
     return out
-
-
-# %% ../nbs/03a_fused.ipynb #0ef992db
-def _fused_case(arch, shape, m, n_train, n_dev, cfg, device):
-    "Data, splits and the two ways to train `m` models of `arch`: fused and one after the other."
-    from mia_pruning.benchkit import synthetic_images
-    from mia_pruning.models import build_model
-    from mia_pruning.train import train_model
-    ds = synthetic_images(m * n_train + n_dev, shape, 10, seed=0)
-    splits = [(np.arange(i * n_train, (i + 1) * n_train), np.arange(m * n_train, len(ds))) for i in range(m)]
-    fresh = lambda: [build_model(arch, 10, shape, seed=i) for i in range(m)]
-    def fused(): return train_models_fused(fresh(), ds, splits, cfg, list(range(m)), device=device, progress=False)
-    def sequential(): return [train_model(net, ds, *splits[i], cfg, seed=i, device=device, progress=False) for i, net in enumerate(fresh())]
-    return fused, sequential
-
-def bench_fused(smoke: bool = False, # toy sizes (seconds), no verdict
-                out: str | Path | None = None, # folder for the JSON record (None: don't write)
-                threads: int | None = None, # torch threads (default: `bench.default_threads`)
-                device='cpu', # the device measured
-               ) -> dict:
-    "6 cnn models trained as one vs one after the other (same data, batches and epochs), on digits-sized 8x8 and 28x28 images."
-    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, default_threads, median, sync
-    t0, load0 = time.time(), load_average()
-    threads = threads or default_threads(smoke)
-    dev = get_device(device)
-    m, repeats = 6, 1 if smoke else 2
-    # (label, image shape, train samples per model, epochs): the quick grid's digits cnn (404 per model), and fashion-sized images
-    cases = [('8x8', (1, 8, 8), 128 if smoke else 404, 1 if smoke else 5), ('28x28', (1, 28, 28), 128 if smoke else 512, 1)]
-    figs, raw = [], {'models': m, 'repeats': repeats}
-    with fixed_threads(threads):
-        for label, shape, n_train, epochs in cases:
-            for f in _fused_case('cnn', shape, 2, 32, 16, TrainConfig(epochs=1, batch_size=16, patience=0), dev): f()  # warm both paths' kernels
-            cfg = TrainConfig(epochs=epochs, patience=0)
-            fused, sequential = _fused_case('cnn', shape, m, n_train, 128, cfg, dev)
-            tf, ts = time_pair(lambda: (fused(), sync(dev)), lambda: (sequential(), sync(dev)), repeats=repeats, warmup=0)
-            f, s = median(tf), median(ts)
-            steps = math.ceil(n_train / cfg.batch_size)
-            figs.append(Figure(f'fused training cnn/{label} x{m}', s / f, 'sequential throughput', 2.5, '>=',
-                               detail=f'fused {f:.1f} s vs one after the other {s:.1f} s for {m} models x {epochs} epochs x '
-                                      f'{steps} steps of {cfg.batch_size} on {dev}, {threads} thread(s)', smoke=smoke,
-                               data={'fused_s': tf, 'sequential_s': ts}))
-            raw[label] = {'fused_s': tf, 'sequential_s': ts, 'n_train': n_train, 'n_dev': 128, 'epochs': epochs, 'batch_size': cfg.batch_size}
-    rec = bench_record('fused', figs, raw, smoke, t0, load0, threads, str(dev),
-                       notes='both sides train with the same recipe, seeds and batches; fused = train_models_fused (grouped layers, '
-                             "channels-last on CPU), sequential = train_model per model (today's dense_models); no early stopping")
-    write_record(out, rec)
-    for fg in figs: print(fg.line(), flush=True)
-    return rec
-
-def bench_fused_gpu(smoke: bool = False, # toy sizes
-                    out: str | Path | None = None, # folder for the JSON record
-                    threads: int | None = None, # torch threads
-                    device='auto', # needs CUDA unless smoke
-                    m: int = 6, # models trained together
-                   ) -> dict:
-    "GPU suite: models per second for resnet18 on CIFAR-shaped synthetic data, fused vs one after the other; 'not run' without CUDA."
-    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average, fixed_threads, time_pair, default_threads, median, sync
-    t0, load0 = time.time(), load_average()
-    threads = threads or default_threads(smoke)
-    dev = get_device(device)
-    if dev.type != 'cuda' and not smoke:
-        rec = bench_record('fused_gpu', [], {}, smoke, t0, load0, threads, str(dev),
-                           notes=f'not run: no CUDA GPU on this machine (device {dev}); run `mia-pruning bench --suite gpu` on a GPU machine')
-        write_record(out, rec)
-        print(f'fused_gpu: not run (no CUDA GPU; device {dev})', flush=True)
-        return rec
-    n_train, n_dev, epochs, bs = (64, 32, 1, 32) if smoke else (128 * 20, 512, 1, 128)
-    cfg = TrainConfig(epochs=epochs, batch_size=bs, patience=0, amp=True)
-    with fixed_threads(threads):
-        fused, sequential = _fused_case('resnet18', (3, 32, 32), m, n_train, n_dev, cfg, dev)
-        tf, ts = time_pair(lambda: (fused(), sync(dev)), lambda: (sequential(), sync(dev)), repeats=1 if smoke else 2, warmup=1)
-    f, s = median(tf), median(ts)
-    fig = Figure(f'gpu fused training resnet18 x{m}', s / f, 'sequential models/s', None,
-                 detail=f'fused {m / f:.2f} models/s vs one after the other {m / s:.2f} models/s ({epochs} epoch x '
-                        f'{n_train // bs} steps of {bs}{", AMP" if dev.type == "cuda" else ""}) on '
-                        f'{torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev}', smoke=smoke,
-                 data={'fused_models_per_s': m / f, 'sequential_models_per_s': m / s})
-    rec = bench_record('fused_gpu', [fig], {'fused_s': tf, 'sequential_s': ts, 'models': m, 'n_train': n_train, 'epochs': epochs,
-                                            'batch_size': bs}, smoke, t0, load0, threads, str(dev))
-    write_record(out, rec)
-    print(fig.line(), flush=True)
-    return rec
 

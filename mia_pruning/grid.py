@@ -13,7 +13,7 @@ from .gridspec import (SPEC_KEYS, GRID_NAME_RE, MAX_CELLS, STUDY_METHODS, PRESET
 from .gridlock import GridLockedError, GridLock
 from .runs import (SUMMARY_COLUMNS, RECORD, STAGING, collect, is_complete, run_problem, verify_run, finish_run, stage_dir,
                    recover_swaps, clear_folder, plain_folder, plain_file, spec_cells)
-from .executors import Task, DependencyFailed, THREAD_VARS, run_local, run_dask, connect
+from .executors import Task, DependencyFailed, THREAD_VARS, run_local, run_dask, connect, interrupts_end_the_run, raise_if_interrupted
 from .runner import TEMPLATE_ENV, template_path, load_template, execute_cell, error_summary
 _all_ = ['SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS', 'PRESETS', 'check_grid_name', 'GridSpec', 'load_spec', 'as_spec', 'Cell',
          'expand_cells', 'merge_notes', 'GridLockedError', 'GridLock', 'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem',
@@ -21,12 +21,12 @@ _all_ = ['SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS', 'PRESETS', 'check_grid_name'
 
 
 # %% auto #0
-__all__ = ['GROUP_KEYS', 'SCHEDULES', 'group_key', 'run_model_task', 'model_task_key', 'plan_tasks', 'data_mismatches',
-           'GridReport', 'default_threads', 'check_run_options', 'sigterm_as_interrupt', 'grid_stages', 'stage_summary',
-           'run_grid', 'local_dask', 'scheduling_bench_spec', 'bench_scheduling', 'SPEC_KEYS', 'MAX_CELLS',
-           'STUDY_METHODS', 'PRESETS', 'check_grid_name', 'GridSpec', 'load_spec', 'as_spec', 'Cell', 'expand_cells',
-           'merge_notes', 'GridLockedError', 'GridLock', 'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem',
-           'verify_run', 'finish_run', 'TEMPLATE_ENV', 'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']
+__all__ = ['GROUP_KEYS', 'SCHEDULES', 'GRID_MARKERS', 'group_key', 'run_model_task', 'model_task_key', 'plan_tasks',
+           'data_mismatches', 'GridReport', 'is_grid_folder', 'check_out_dir', 'default_threads', 'check_run_options',
+           'grid_stages', 'stage_summary', 'run_grid', 'local_dask', 'SPEC_KEYS', 'MAX_CELLS', 'STUDY_METHODS',
+           'PRESETS', 'check_grid_name', 'GridSpec', 'load_spec', 'as_spec', 'Cell', 'expand_cells', 'merge_notes',
+           'GridLockedError', 'GridLock', 'SUMMARY_COLUMNS', 'collect', 'is_complete', 'run_problem', 'verify_run',
+           'finish_run', 'TEMPLATE_ENV', 'template_path', 'load_template', 'execute_cell', 'THREAD_VARS']
 
 # %% ../nbs/11_grid.ipynb #abb73ea0
 GROUP_KEYS = ('dataset', 'data_root', 'subsample', 'arch', 'seed', 'num_shadows', 'epochs', 'num_references', 'cache_dir')
@@ -134,6 +134,27 @@ class GridReport:
         if self.not_in_spec: s += f'\n  {len(self.not_in_spec)} complete run(s) not in this spec, left out of summary.csv'
         return s
 
+GRID_MARKERS = ('grid.json', 'runs', 'summary.csv', '.lock')  # what a grid writes in its output folder first
+
+def is_grid_folder(path) -> bool:
+    "Whether `path` is a grid's output folder (it holds what a grid writes first: grid.json, runs/, summary.csv or its lock)."
+    return Path(path).is_dir() and any((Path(path) / m).exists() for m in GRID_MARKERS)
+
+def check_out_dir(out_dir) -> Path:
+    "`out_dir` when a grid may write there: a new or empty folder, or a grid's own; never inside another grid's folder (links followed)."
+    out_dir = Path(out_dir)
+    real = Path(os.path.realpath(out_dir))
+    for up in real.parents:  # a grid folder's own files mark it (not a `runs` folder alone, which many folders have)
+        if (up / 'grid.json').is_file() or (up / '.lock').is_file() and (up / 'runs').is_dir():
+            raise ValueError(f'output folder {str(out_dir)!r} lies inside the output folder of another grid, {str(up)!r} '
+                             f'(a rerun of that grid with --no-resume would delete it); choose a folder outside it')
+    if real.exists() and not real.is_dir():
+        raise ValueError(f'output folder {str(out_dir)!r} is not a folder; move it away or choose another --out')
+    if real.is_dir() and not is_grid_folder(real) and any(real.iterdir()):
+        raise ValueError(f'output folder {str(out_dir)!r} already holds files and is not a grid output folder (no {", ".join(GRID_MARKERS)}); '
+                         'a grid writes runs/, tables/ and figures/ there and would overwrite yours: choose a new or empty folder')
+    return out_dir
+
 def default_threads(workers: int) -> int:
     "This machine's cores (those this process may use) shared among `workers`."
     try: n = len(os.sched_getaffinity(0))
@@ -147,22 +168,14 @@ def check_run_options(executor, workers, threads, timeout, scheduler, schedule='
         raise ValueError(f'workers must be a positive integer (at most 1024), got {workers!r}')
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= 1024):
         raise ValueError(f'threads must be a non-negative integer (at most 1024), got {threads!r}')
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0):
-        raise ValueError(f'timeout must be a positive number of seconds (or None for no limit), got {timeout!r}')
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
+                                or timeout <= 0 or timeout != int(timeout) or timeout > 10**7):
+        raise ValueError(f'timeout must be a positive whole number of seconds, at most 10**7 (or None for no limit), got {timeout!r}')
     if scheduler is not None and executor != 'dask': raise ValueError("a scheduler address needs executor='dask'")
     if schedule not in SCHEDULES: raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
-    if kernels is not None:
-        from .kernels import check_kernels
-        check_kernels(kernels)
+    from mia_pruning.kernels import check_kernels, default_kernels
+    check_kernels(kernels) if kernels is not None else default_kernels()  # $MIA_PRUNING_KERNELS too, before any work
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    "Inside: SIGTERM raises KeyboardInterrupt in the main thread, so a terminated grid cleans up as on Ctrl-C."
-    if threading.current_thread() is not threading.main_thread(): yield; return
-    def handler(signum, frame): raise KeyboardInterrupt('SIGTERM')
-    old = signal.signal(signal.SIGTERM, handler)
-    try: yield
-    finally: signal.signal(signal.SIGTERM, old)
 
 def grid_stages(models: dict, # model task key -> its result (`GridReport.models`)
                 cell_seconds: dict, # cell id -> seconds of its notebook execution
@@ -224,8 +237,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
     tmpl = load_template(template)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir() / spec.name
     runs = out_dir / 'runs'
-    if out_dir.exists() and not out_dir.is_dir():  # (a link to a folder is fine here: the user chose where the grid goes)
-        raise ValueError(f'output folder {str(out_dir)!r} is not a folder; move it away or choose another --out')
+    check_out_dir(out_dir)  # (a link to a folder is fine here: the user chose where the grid goes)
     plain_folder(runs, 'the runs folder')  # below it, links could lead a clean-up outside the output folder
     plain_file(out_dir / 'grid.json', 'grid record'); plain_file(out_dir / 'summary.csv', 'summary table')
     for c in cells: plain_folder(runs / c.id, 'run folder')
@@ -234,7 +246,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
     if schedule == 'models' and 'run_cell' not in tmpl: schedule = 'cells'  # a template that does not run run_cell uses no cached model
     report = GridReport(spec.name, out_dir, [c.id for c in cells], merged=merge_notes(cells), schedule=schedule)
     for note in report.merged: print(f'note: {note}')
-    with GridLock(out_dir), contextlib.closing(client) if client else contextlib.nullcontext(), sigterm_as_interrupt():
+    with GridLock(out_dir), contextlib.closing(client) if client else contextlib.nullcontext(), interrupts_end_the_run():
         runs.mkdir(parents=True, exist_ok=True)
         recover_swaps(runs); clear_folder(runs / STAGING)  # what an interrupted run left half done
         status = {c.id: 'pending' for c in cells}
@@ -309,6 +321,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
             try:
                 if executor == 'local': run_local(tasks, n_workers, n_threads, on_done)
                 else: run_dask(tasks, n_workers, client, on_done)
+                raise_if_interrupted()
             finally:
                 bar.close()
                 for c, _ in todo:
@@ -319,6 +332,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
                                                   'stages': report.stages, 'seconds': round(time.time() - t0, 3),
                                                   'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
                 if progress and report.stages: print(report.stage_summary())
+        raise_if_interrupted()  # a signal the cells swallowed: no summary, no report
         with warnings.catch_warnings():  # the failed cells were reported above
             warnings.filterwarnings('ignore', message=r'skipping run folder .*: not complete \(it has no completion record')
             warnings.filterwarnings('ignore', message=r'.* are not cells of the current spec')  # in the report and grid.json
@@ -359,76 +373,3 @@ def local_dask(workers: int = 2, # worker processes (one thread each)
             p.terminate()
             try: p.wait(timeout=15)
             except Exception: p.kill(); p.wait()
-
-def scheduling_bench_spec(smoke: bool = False, # tiny cells (seconds each) instead of the quick grid
-                          cache_dir: str = '', # the artifact cache of this measurement
-                          device: str = 'cpu', # the cells' device
-                         ) -> dict:
-    "The grid of `bench_scheduling`: the quick preset (smoke: 2 digits/mlp cells, 2 prune methods sharing 1 shadow)."
-    if smoke:
-        spec = {'name': 'bench-sched', 'axes': {'prune_method': ['l1_unstructured', 'global_unstructured']},
-                'fixed': {'dataset': 'digits', 'arch': 'mlp', 'num_shadows': 1, 'epochs': 2, 'attack_epochs': 1, 'attacks': 'loss,conf',
-                          'n_boot': 0, 'num_references': 0}}
-    else: spec = as_spec('quick').to_dict()
-    spec = {**spec, 'name': 'bench-sched', 'fixed': {**spec.get('fixed', {}), 'cache_dir': cache_dir, 'device': device}}
-    return spec
-
-def _summary_frame(out_dir):
-    import pandas as pd
-    df = pd.read_csv(Path(out_dir) / 'summary.csv')
-    return df.sort_values([c for c in ('cell_id', 'model_state', 'attack') if c in df]).reset_index(drop=True)
-
-def bench_scheduling(smoke: bool = False, # tiny cells instead of the quick grid
-                     out: str | Path | None = None, # folder of the JSON record (None: not written)
-                     threads: int | None = None, # torch threads per worker (default: cores // 2)
-                     device: str = 'cpu', # the cells' device
-                     template: str | Path | None = None, # experiment notebook (default: the project's)
-                     workdir: str | Path | None = None, # where the temporary grids go (default: a temp dir, removed)
-                     keep: str | Path | None = None, # move the model-level run's grid folder here (e.g. to commit it), replacing what is there
-                    ) -> dict:
-    "Quick-grid wall: model-level vs cell-level scheduling (2 workers), and a real Dask scheduler + 2 workers vs the local pool."
-    import tempfile, shutil
-    from mia_pruning.benchkit import Figure, bench_record, write_record, load_average
-    t0, load0 = time.time(), load_average()
-    thr = threads or default_threads(2)
-    root = Path(tempfile.mkdtemp(prefix='mia-bench-sched-', dir=workdir))
-    raw, wall = {'runs': {}, 'spec': scheduling_bench_spec(smoke, '', device)}, {}
-    def one(label, schedule, executor='local', scheduler=None):
-        spec = scheduling_bench_spec(smoke, str(root / f'cache_{label}'), device)
-        t = time.perf_counter()
-        rep = run_grid(spec, out_dir=root / label, executor=executor, scheduler=scheduler, workers=2, threads=thr,
-                       progress=False, template=template, schedule=schedule)
-        wall[label] = time.perf_counter() - t
-        raw['runs'][label] = {'seconds': wall[label], 'schedule': schedule, 'executor': executor, 'ran': len(rep.ran),
-                              'failed': rep.failed, 'stages': rep.stages, 'load_avg': load_average()}
-        if rep.failed: raise RuntimeError(f'scheduling benchmark run {label!r}: {len(rep.failed)} cell(s) failed: {rep.failed}')
-        print(f'# scheduling {label}: {wall[label]:.1f} s ({len(rep.ran)} cells)', flush=True)
-        return _summary_frame(root / label)
-    try:
-        cells = one('cells', 'cells')
-        models = one('models', 'models')
-        with local_dask(2, env={v: str(thr) for v in THREAD_VARS}) as addr: dask = one('dask', 'models', 'dask', addr)
-        if keep is not None:
-            keep = Path(keep)
-            if keep.exists(): shutil.rmtree(keep)
-            shutil.move(str(root / 'models'), str(keep))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    same = cells.equals(models) and models.equals(dask)
-    raw['same_summary'] = same
-    figs = [Figure('quick grid wall, model-level vs cell-level', wall['models'] / wall['cells'], "of cell-level scheduling's wall", 0.5, '<=',
-                   detail=f"{wall['models']:.1f} s vs {wall['cells']:.1f} s, 2 workers x {thr} threads, fresh caches; summaries "
-                          f"{'equal' if same else 'DIFFER'}", smoke=smoke, extra_ok=same),
-            Figure('quick grid wall from empty cache', wall['models'] / 60, 'minutes', 3, '<=', absolute=True,
-                   detail=f"{wall['models']:.1f} s with model-level scheduling, {os.cpu_count()} cores, load average "
-                          f"{raw['runs']['models']['load_avg']}", smoke=smoke),
-            Figure('Dask real scheduler vs local pool', wall['models'] / wall['dask'], 'throughput of the local pool', 0.9,
-                   detail=f"{wall['dask']:.1f} s (dask scheduler + 2 dask worker processes on 127.0.0.1, started before) vs "
-                          f"{wall['models']:.1f} s", smoke=smoke, extra_ok=same)]
-    for f in figs: print(f.line(), flush=True)
-    rec = bench_record('scheduling', figs, raw, smoke, t0, load0, thr, device,
-                       notes='Wall seconds of run_grid from an empty cache of its own per run (cells: a group\'s first cell trains '
-                             'its models; models: a task per distinct model before the cells). Same threads in every run.')
-    write_record(out, rec)
-    return rec
-

@@ -71,6 +71,8 @@ def load_spec(path) -> dict:
                          'save it as UTF-8') from None
     try: d = yaml.load(text, Loader=SpecSafeLoader)
     except yaml.YAMLError as e: raise ValueError(f'grid spec {str(path)!r} is not valid YAML: {e}') from None
+    except RecursionError: raise ValueError(f'grid spec {str(path)!r} is nested too deeply to be a grid spec (a spec needs 4 levels: '
+                                            'axes, a parameter, its values, a block)') from None
     if not isinstance(d, dict): raise ValueError(f'grid spec {str(path)!r} must be a YAML mapping with keys {SPEC_KEYS}, got {type(d).__name__}')
     d.setdefault('name', path.stem)
     return d

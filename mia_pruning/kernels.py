@@ -31,7 +31,9 @@ def check_kernels(mode: str) -> str:
 def default_kernels() -> str:
     "$MIA_PRUNING_KERNELS when set, else 'forked' where `can_fork()`, else 'fresh'."
     v = os.environ.get(KERNELS_ENV)
-    if v: return check_kernels(v)
+    if v:
+        if v not in KERNEL_MODES: raise ValueError(f'${KERNELS_ENV} must be one of {KERNEL_MODES} (or unset), got {v[:100]!r}')
+        return v
     return 'forked' if can_fork() else 'fresh'
 
 def forkable(cmd: list[str]) -> list[str] | None:

@@ -10,8 +10,9 @@ import pandas as pd
 from .core import atomic_write
 
 # %% auto #0
-__all__ = ['FPR_TARGETS', 'MIN_CLASS_SIDE', 'fit_threshold', 'fit_threshold_reference', 'roc_curve_points', 'fpr_floor',
-           'resolvable_targets', 'membership_metrics', 'per_class_metrics', 'empirical_epsilon', 'plot_roc']
+__all__ = ['FPR_TARGETS', 'MIN_CLASS_SIDE', 'fit_threshold', 'fit_threshold_reference', 'value_ranks', 'roc_counts',
+           'roc_curve_points', 'fpr_floor', 'resolvable_targets', 'curve_stats', 'resample_chunks',
+           'membership_metrics', 'per_class_metrics', 'empirical_epsilon', 'plot_roc']
 
 # %% ../nbs/07_metrics.ipynb #21d89a0f
 def _as_bool(x, name: str, n: int | None = None) -> np.ndarray:
@@ -73,12 +74,12 @@ def fit_threshold_reference(values, # per-sample attack values, larger = more me
     return best_tau, best_acc
 
 # %% ../nbs/07_metrics.ipynb #595ce7c6
-def _value_ranks(s: np.ndarray) -> tuple[np.ndarray, int]:
+def value_ranks(s: np.ndarray) -> tuple[np.ndarray, int]:
     "Rank of each score among the distinct scores, 0 = largest; and the number of distinct scores."
     uniq, inv = np.unique(s, return_inverse=True)
     return len(uniq) - 1 - inv.reshape(-1), len(uniq)
 
-def _roc_counts(rank_in: np.ndarray, # (B, n_in) distinct-value ranks of the (resampled) members
+def roc_counts(rank_in: np.ndarray, # (B, n_in) distinct-value ranks of the (resampled) members
                 rank_out: np.ndarray, # (B, n_out) distinct-value ranks of the (resampled) non-members
                 k: int, # number of distinct values
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +97,8 @@ def roc_curve_points(scores, # attack scores, larger = more member-like
                     ) -> tuple[np.ndarray, np.ndarray]:
     "The empirical ROC curve (fpr, tpr), from (0, 0) to (1, 1), one point per distinct score."
     s, m = _check_inputs(scores, is_member)
-    r, k = _value_ranks(s)
-    fpr, tpr = _roc_counts(r[m][None], r[~m][None], k)
+    r, k = value_ranks(s)
+    fpr, tpr = roc_counts(r[m][None], r[~m][None], k)
     return fpr[0], tpr[0]
 
 # %% ../nbs/07_metrics.ipynb #3be8f36e
@@ -112,7 +113,7 @@ def resolvable_targets(n_nonmembers: int) -> dict[str, bool]:
     "For each FPR_TARGETS key: whether its FPR level is at least the floor 1 / n_nonmembers (else its TPR is NaN)."
     return {k: t >= fpr_floor(n_nonmembers) * (1 - 1e-12) for k, t in FPR_TARGETS.items()}
 
-def _curve_stats(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, np.ndarray]:
+def curve_stats(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, np.ndarray]:
     "auc, advantage, best_acc and TPR at the fixed FPRs, for each row of (B, k+1) ROC points."
     out = {'auc': np.sum(np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]), axis=1) / 2}
     out['advantage'] = np.max(tpr - fpr, axis=1)
@@ -121,7 +122,7 @@ def _curve_stats(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, np.ndarray]:
         out[key] = np.where(fpr <= target, tpr, 0.0).max(axis=1)  # tpr rises with fpr: the last point that qualifies
     return out
 
-def _resample_chunks(n_in: int, n_out: int, k: int, n_boot: int, budget: int = 4_000_000):
+def resample_chunks(n_in: int, n_out: int, k: int, n_boot: int, budget: int = 4_000_000):
     "Sizes of bootstrap chunks, so that one chunk holds about `budget` numbers per array."
     size = max(1, min(n_boot, budget // max(k + 1, n_in, n_out)))
     return [min(size, n_boot - i) for i in range(0, n_boot, size)]
@@ -145,11 +146,11 @@ def membership_metrics(scores, # attack scores, larger = more member-like
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValueError(f'n_boot must be a non-negative integer, got {n_boot!r}')
     if not 0 < alpha < 1: raise ValueError(f'alpha must lie strictly between 0 and 1, got {alpha!r}')
-    r, k = _value_ranks(s)
+    r, k = value_ranks(s)
     r_in, r_out = r[m], r[~m]
     n_in, n_out = len(r_in), len(r_out)
     res = {'n_members': n_in, 'n_nonmembers': n_out, 'fpr_floor': fpr_floor(n_out)}
-    res.update({key: float(v[0]) for key, v in _curve_stats(*_roc_counts(r_in[None], r_out[None], k)).items()})
+    res.update({key: float(v[0]) for key, v in curve_stats(*roc_counts(r_in[None], r_out[None], k)).items()})
     unresolved = [key for key, ok in resolvable_targets(n_out).items() if not ok]
     for key in unresolved: res[key] = float('nan')  # finer than one false positive: not measurable here
     if d is not None:
@@ -163,9 +164,9 @@ def membership_metrics(scores, # attack scores, larger = more member-like
                    n_classes_scored=int(len(aucs)))
     if n_boot:
         rng, boot = np.random.default_rng(seed), {}
-        for b in _resample_chunks(n_in, n_out, k, n_boot):
+        for b in resample_chunks(n_in, n_out, k, n_boot):
             i_in, i_out = rng.integers(0, n_in, (b, n_in)), rng.integers(0, n_out, (b, n_out))
-            for key, v in _curve_stats(*_roc_counts(r_in[i_in], r_out[i_out], k)).items(): boot.setdefault(key, []).append(v)
+            for key, v in curve_stats(*roc_counts(r_in[i_in], r_out[i_out], k)).items(): boot.setdefault(key, []).append(v)
             if d is not None:
                 boot.setdefault('attack_acc', []).append(0.5 * (d_in[i_in].mean(1) + 1 - d_out[i_out].mean(1)))
         for key, v in boot.items():
@@ -220,9 +221,9 @@ def empirical_epsilon(scores, # attack scores, larger = more member-like
     if not 0 < alpha < 1: raise ValueError(f'alpha must lie strictly between 0 and 1, got {alpha!r}')
     if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 0:
         raise ValueError(f'grid must be a non-negative integer, got {grid!r}')
-    r, k = _value_ranks(s)
+    r, k = value_ranks(s)
     n_in, n_out = int(m.sum()), int((~m).sum())
-    fpr, tpr = _roc_counts(r[m][None], r[~m][None], k)  # cut j: "member iff the score is among the j largest values"
+    fpr, tpr = roc_counts(r[m][None], r[~m][None], k)  # cut j: "member iff the score is among the j largest values"
     fp, tp = np.rint(fpr[0] * n_out), np.rint(tpr[0] * n_in)
     cuts = np.arange(k + 1)
     if grid:  # cuts nearest to log-spaced numbers of flagged samples, from the top and from the bottom (label-blind)

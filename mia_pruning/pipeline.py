@@ -18,7 +18,7 @@ from .train import default_train_config, dense_models, train_cached, accuracy
 from .fused import use_fused
 from .prune import PRUNE_METHODS, STRUCTURED_BN, check_sparsity, check_model_for
 from .defenses import DEFENSES, make_defense
-from .pruned import pruned_model
+from .pruned import pruned_model, control_model
 from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
 from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed
@@ -27,10 +27,11 @@ from .runs import RECORD, finish_run, is_complete
 
 
 # %% auto #0
-__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'INFERENCE_MODES', 'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES',
-           'ADDED_LATER', 'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'validate_params',
-           'resolve_params', 'cell_id', 'CellResult', 'ModelJob', 'model_params', 'cell_models', 'model_job_record',
-           'model_job_done', 'build_model_job', 'run_cell', 'write_run']
+__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATES', 'ALL_STATES', 'INFERENCE_MODES',
+           'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'ADDED_LATER', 'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS',
+           'effective_attacks', 'validate_params', 'resolve_params', 'cell_states', 'cell_id', 'CellResult', 'ModelJob',
+           'reference_count', 'model_params', 'matched_epochs', 'cell_models', 'model_job_record', 'model_job_done',
+           'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -51,6 +52,7 @@ CELL_DEFAULTS = dict(
     defense='none',              # a key of DEFENSES, applied while fine-tuning the pruned victim
     defense_param=-1.0,          # the defense's strength (-1 = its default)
     adaptive=False,              # shadows fine-tuned with the same defense (adaptive adversary)
+    control='none',              # the control arm (the dense models fine-tuned, not pruned): 'none', 'finetune' (the pruned arm's recipe), 'matched' (as many epochs as the pruned twin's released weights saw) or 'both'
     attacks='all',               # comma-separated attack names, or 'all'
     attack_epochs=0,             # epochs of the learned attacks (0 = the study's 100; 3 under IN_TEST)
     attack_recipe='study',       # learned attacks' training: 'study' (SGD on raw posteriors) or 'tuned' (Adam on standardised log-posteriors; nn, nn_top3, nn_cls)
@@ -67,7 +69,10 @@ CELL_DEFAULTS = dict(
 # keys that change where or how fast a cell runs, not what it computes
 # (data_root is checked another way: params.json records the content hash of the data actually read)
 NON_SEMANTIC = ('data_root', 'device', 'threads', 'cache_dir')
-STATES = ('dense', 'pruned')
+STATES = ('dense', 'pruned')  # the model states of every cell
+CONTROLS = ('none', 'finetune', 'matched', 'both')
+CONTROL_STATES = {'none': (), 'finetune': ('control',), 'matched': ('control_matched',), 'both': ('control', 'control_matched')}
+ALL_STATES = STATES + CONTROL_STATES['both']  # a cell's model states: STATES, then those of its `control`
 INFERENCE_MODES = ('fast', 'plain')  # how features query a model (see 05_features: `inference_model`)
 
 # %% ../nbs/10_pipeline.ipynb #be9f7aaa
@@ -147,6 +152,8 @@ def _validate(params: dict) -> dict:
     for k, d in CELL_DEFAULTS.items():
         if not _type_ok(p[k], d): raise ValueError(f'parameter {k}={p[k]!r} must be of type {type(d).__name__}')
         p[k] = type(d)(p[k])
+        if isinstance(p[k], str) and '\x00' in p[k]:
+            raise ValueError(f'parameter {k} holds a NUL byte (\\x00) at character {p[k].index(chr(0))}: no name or path may contain one')
     check_name(p['dataset'], DATASETS, 'dataset'); check_name(p['arch'], ARCHS, 'arch')
     check_name(p['prune_method'], PRUNE_METHODS, 'prune method')
     if p['shadow_prune_method'] != 'same': check_name(p['shadow_prune_method'], PRUNE_METHODS, "shadow prune method (or 'same')")
@@ -157,6 +164,10 @@ def _validate(params: dict) -> dict:
         if not lo <= p[k] <= hi: raise ValueError(f'parameter {k} must be in [{lo}, {hi}], got {p[k]}')
     if p['attack_recipe'] not in ATTACK_RECIPES: raise ValueError(f"attack_recipe must be one of {list(ATTACK_RECIPES)}, got {p['attack_recipe']!r}")
     if p['attack_check'] not in ATTACK_CHECKS: raise ValueError(f"attack_check must be one of {list(ATTACK_CHECKS)}, got {p['attack_check']!r}")
+    if p['control'] not in CONTROLS: raise ValueError(f"control must be one of {CONTROLS}, got {p['control']!r}")
+    if p['control'] in ('matched', 'both') and p['defense'] != 'none' and DEFENSES[p['defense']].replaces_fine_tune:
+        raise ValueError(f"control={p['control']!r}: the matched control keeps its last epoch's weights, which {p['defense']}'s own "
+                         "training loop does not offer; use control='finetune'")
     if p['inference'] not in INFERENCE_MODES: raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {p['inference']!r}")
     if p['structured_bn'] not in STRUCTURED_BN:
         raise ValueError(f"structured_bn must be one of {STRUCTURED_BN}, got {p['structured_bn']!r}")
@@ -184,11 +195,15 @@ def resolve_params(params: dict) -> dict:
     return p
 
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
-ADDED_LATER = {'channels_last': False, 'inference': 'fast'}
+ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none'}
 
 def _set_later(p: dict, keys=ADDED_LATER) -> dict:
     "Those of the parameters `keys` (added later) that `p` sets away from their default: the only ones a key may hold."
     return {k: p[k] for k in keys if p[k] != ADDED_LATER[k]}
+
+def cell_states(p: dict) -> tuple:
+    "The model states a (validated) cell attacks: dense, pruned, and its control arm's."
+    return STATES + CONTROL_STATES[p['control']]
 
 def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
@@ -217,7 +232,7 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
            'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
-           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 3}
+           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 4}  # 4: two_release's shared-scale features
     key |= _set_later(p, ('inference',))  # at its default it stays out, as in cell ids: earlier states stay valid
     if other is not None: key['other_release'] = other['keys']
     built = {}
@@ -247,36 +262,36 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
         save_arrays(tmp / 'scores.npz', **arrays)
         save_json(tmp / 'metrics.json', {n: r.metrics for n, r in res.items()})
         save_json(tmp / 'timing.json', {n: r.seconds for n, r in res.items()})
-    entry = cache.get_or_build('attack_state', key, build)
-    return load_json(entry / 'metrics.json'), load_arrays(entry / 'scores.npz'), load_json(entry / 'timing.json'), bool(built)
+    read = lambda e: (load_json(e / 'metrics.json'), load_arrays(e / 'scores.npz'), load_json(e / 'timing.json'))
+    return (*cache.read_or_build('attack_state', key, build, read), bool(built))  # a forged entry heals as every cache entry does
 
 
 # %% ../nbs/10_pipeline.ipynb #b9385d59
 # what a dense model depends on (the splits depend on num_shadows); a reference model also on num_references (its IN/OUT design)
 DENSE_MODEL_KEYS = ('dataset', 'data_root', 'subsample', 'arch', 'seed', 'num_shadows', 'epochs', 'channels_last')
-MODEL_JOB_KINDS = ('dense', 'pruned')
+MODEL_JOB_KINDS = ('dense', 'pruned', 'control', 'control_matched')  # a job per model; a control's kind is its state
 
 @dataclass
 class ModelJob:
     "One model a cell needs, trained once into the cache by `build_model_job`."
     key: str # stable id: kind, role, dataset, arch, seed and a hash of `params`
-    kind: str # 'dense' or 'pruned'
+    kind: str # one of MODEL_JOB_KINDS
     role: str # 'victim', 'shadow{k}' or 'reference{r}'
     params: dict # what the model depends on (see `model_params`)
-    after: tuple = () # keys of the jobs it needs first (a pruned model: its dense one)
+    after: tuple = () # keys of the jobs it needs first (a pruned or control model: its dense one; a matched control also its pruned twin)
 
 def _cell_data(q: dict):
     "The data pool and dense recipe of a cell (or of a model job's params)."
     ds = subsample_dataset(load_dataset(q['dataset'], q['data_root'] or None), q['subsample'], q['seed'])
     return ds, default_train_config(ds.kind, **({'epochs': q['epochs']} if q['epochs'] else {}), channels_last=q.get('channels_last', False))
 
-def _num_references(p: dict) -> int:
+def reference_count(p: dict) -> int:
     "R: the cell's reference models (only online LiRA uses them)."
     return p['num_references'] if 'lira_online' in resolve_attacks(p['attacks']) else 0
 
 def _reference_design(p: dict, sp):
     "The reference models' in-mask and splits of a cell with splits `sp` (none without online LiRA)."
-    R = _num_references(p)
+    R = reference_count(p)
     return reference_splits(sp, R, p['seed']) if R else (np.zeros((0, 0), bool), [])
 
 def _role_split(role: str, sp, ref_splits):
@@ -284,17 +299,18 @@ def _role_split(role: str, sp, ref_splits):
 
 def model_params(p: dict, # resolved cell parameters (`resolve_params`)
                  role: str, # 'victim', 'shadow{k}' or 'reference{r}'
-                 kind: str, # 'dense' or 'pruned'
+                 kind: str, # one of MODEL_JOB_KINDS
                 ) -> dict:
-    "What model (`kind`, `role`) of cell `p` depends on: its data, split design and recipe, and for a pruned one its pruning and defense."
+    "What model (`kind`, `role`) of cell `p` depends on: its data, split design and recipe; a pruned one its pruning and defense, a control its defense (matched: and its pruned twin)."
     q = {k: p[k] for k in DENSE_MODEL_KEYS}
     if role.startswith('reference'): q['num_references'] = p['num_references']
-    if kind == 'pruned':
-        victim = role == 'victim'
-        defended = (victim or p['adaptive']) and p['defense'] != 'none'  # shadows and references: the adaptive adversary's
+    victim = role == 'victim'
+    defended = (victim or p['adaptive']) and p['defense'] != 'none'  # shadows and references: the adaptive adversary's
+    if kind in ('pruned', 'control_matched'):  # a matched control's epochs come from its pruned twin: it depends on all of it
         q.update(method=p['prune_method'] if victim else p['shadow_prune_method'], sparsity=p['sparsity'] if victim else p['shadow_sparsity'],
                  structured_bn=p['structured_bn'], defense=p['defense'] if defended else 'none',
                  defense_param=p['defense_param'] if defended else -1.0)
+    elif kind == 'control': q.update(defense=p['defense'] if defended else 'none', defense_param=p['defense_param'] if defended else -1.0)
     return q
 
 def _dense_call(q, role, ds, split, cfg, cache, device, progress) -> dict:
@@ -309,24 +325,36 @@ def _pruned_call(q, role, ds, split, dense_model, dense_record, cfg, cache, devi
                 cfg=cfg, seed=role_seed(q['seed'], role), structured_bn=q['structured_bn'], cache=cache, dense_hash=_key(dense_record),
                 device=device, progress=progress)
 
+def _control_call(q, role, ds, split, dense_model, dense_record, cfg, cache, device, progress, epochs=None) -> dict:
+    "`control_model`'s arguments for control model `role` (`q`: its `model_params`): the pruned arm's seed, recipe and defense."
+    defense = make_defense(q['defense'], None if q['defense_param'] == -1 else q['defense_param']) if q['defense'] != 'none' else 'none'
+    return dict(dense_model=dense_model, ds=ds, split=split, arch=q['arch'], defense=defense, cfg=cfg, seed=role_seed(q['seed'], role),
+                epochs=epochs, cache=cache, dense_hash=_key(dense_record), device=device, progress=progress)
+
+def matched_epochs(pruned_info: dict) -> int:
+    "The epochs a matched control trains: as many as the pruned twin's released (best-dev) weights saw."
+    return int(pruned_info['best_epoch']) + 1
+
 def _job_key(kind: str, role: str, q: dict) -> str:
     ident = dict(q, kind=kind, role=role)
-    if kind == 'pruned' and not PRUNE_METHODS[q['method']].uses_structured_bn: ident.pop('structured_bn')  # not in its cache key
+    if 'method' in q and not PRUNE_METHODS[q['method']].uses_structured_bn: ident.pop('structured_bn')  # not in its cache key
     return f"{kind}-{role}-{q['dataset']}-{q['arch']}-s{q['seed']}-{config_hash(ident, 12)}"
 
 def _pruned_roles(p: dict) -> list[str]:
     "The roles with a pruned model: the victim, the shadows (unless dense_shadows) and every reference model."
     return (['victim'] + ([] if p['dense_shadows'] else [f'shadow{k}' for k in range(p['num_shadows'])])
-            + [f'reference{r}' for r in range(_num_references(p))])
+            + [f'reference{r}' for r in range(reference_count(p))])
 
 def cell_models(params: dict, # a cell's parameters (validated and resolved here)
                ) -> list[ModelJob]:
     "The distinct models a cell trains, dense ones first, each pruned one after its dense one."
     p = resolve_params(params)
-    roles = ['victim'] + [f'shadow{k}' for k in range(p['num_shadows'])] + [f'reference{r}' for r in range(_num_references(p))]
+    roles = ['victim'] + [f'shadow{k}' for k in range(p['num_shadows'])] + [f'reference{r}' for r in range(reference_count(p))]
     dense = {r: ModelJob(_job_key('dense', r, q := model_params(p, r, 'dense')), 'dense', r, q) for r in roles}
-    pruned = [ModelJob(_job_key('pruned', r, q := model_params(p, r, 'pruned')), 'pruned', r, q, (dense[r].key,)) for r in _pruned_roles(p)]
-    return list(dense.values()) + pruned
+    pruned = {r: ModelJob(_job_key('pruned', r, q := model_params(p, r, 'pruned')), 'pruned', r, q, (dense[r].key,)) for r in _pruned_roles(p)}
+    controls = [ModelJob(_job_key(k, r, q := model_params(p, r, k)), k, r, q, (dense[r].key,) + ((pruned[r].key,) if k == 'control_matched' else ()))
+                for k in CONTROL_STATES[p['control']] for r in _pruned_roles(p)]
+    return list(dense.values()) + list(pruned.values()) + controls
 
 def model_job_record(job: ModelJob, cache_dir) -> Path:
     "Where a finished job records its cache entry (`<cache>/model_jobs/<key>.json`)."
@@ -363,9 +391,13 @@ def build_model_job(job: ModelJob, # from `cell_models`
             dense, record = (dm.victim, dm.records['victim']) if role == 'victim' else (dm.shadows[int(role[6:])], dm.records[role])
         else: dense, record = train_cached(**_dense_call(q, role, ds, split, cfg, cache, dev, progress))
         entry = ('dense_model', record['key'])
-        if job.kind == 'pruned':
+        if job.kind in ('pruned', 'control_matched'):
             _, info = pruned_model(**_pruned_call(q, role, ds, split, dense, record, cfg, cache, dev, progress))
             entry = ('pruned_model', Path(info['cache_entry']).name)
+        if job.kind in ('control', 'control_matched'):
+            epochs = matched_epochs(info) if job.kind == 'control_matched' else None
+            _, info = control_model(**_control_call(q, role, ds, split, dense, record, cfg, cache, dev, progress, epochs))
+            entry = ('control_model', Path(info['cache_entry']).name)
     finally: torch.set_num_threads(old)
     use = cache_use(cache.events)
     out = {'key': job.key, 'kind': job.kind, 'role': role, 'entry': entry[1], 'built': entry[1] in use.get(entry[0], {}).get('built_keys', []),
@@ -385,6 +417,31 @@ def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progres
                                                 model, record, cfg, cache, device, progress))
     return out
 
+def _control_all(p, kind, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress, pruned):
+    "The control models of state `kind` ('control' or 'control_matched') for the roles that have a pruned model."
+    models = {'victim': (dense.victim, dense.records['victim'])}
+    models.update({f'shadow{k}': (m, dense.records[f'shadow{k}']) for k, m in enumerate(dense.shadows)})
+    models.update({f'reference{r}': mr for r, mr in enumerate(refs_dense)})
+    out = {}
+    for role in tqdm(_pruned_roles(p), desc=f'{kind} (fine-tune only)', disable=not progress or in_test(), leave=False):
+        model, record = models[role]
+        out[role] = control_model(**_control_call(model_params(p, role, kind), role, ds, _role_split(role, dense.splits, ref_splits), model, record,
+                                                  cfg, cache, device, progress, matched_epochs(pruned[role][1]) if kind == 'control_matched' else None))
+    return out
+
+def fit_diagnostics(train_acc: float, # accuracy on the members
+                    test_acc: float, # accuracy on the held-out non-members
+                    history: list, # the training loop's per-epoch rows (`train_model`'s history)
+                    best_epoch: int, # the epoch whose weights were released
+                    cap: int, # the epochs cap of that training
+                    patience: int, # its early-stopping patience (0: none)
+                   ) -> dict:
+    "How a model fits: train and test accuracy, their gap, epochs run, released epoch, the cap and whether it was reached (early stopping never triggered)."
+    n = len(history)
+    stopped = bool(patience) and n > 0 and (n - 1) - int(best_epoch) >= patience  # the loop's own stopping rule, on its last epoch
+    return {'train_acc': train_acc, 'test_acc': test_acc, 'train_test_gap': train_acc - test_acc, 'epochs_run': n,
+            'best_epoch': int(best_epoch), 'epochs_cap': int(cap), 'cap_reached': not stopped}
+
 def run_cell(progress: bool = True, # progress bars
              out_dir: str | Path | None = None, # also write the run folder here (as the experiment notebook does)
              certify: bool = True, # with out_dir: verify the folder and write its completion record (a grid's driver does it instead)
@@ -403,7 +460,7 @@ def run_cell(progress: bool = True, # progress bars
     timings = {}
     dense = dense_models(ds, p['arch'], p['seed'], p['num_shadows'], cfg, cache, device=device, progress=progress)
     sp = dense.splits
-    R = _num_references(p)
+    R = reference_count(p)
     ref_masks, ref_splits = _reference_design(p, sp)
     refs_dense = [train_cached(**_dense_call(model_params(p, f'reference{r}', 'dense'), f'reference{r}', ds, s, cfg, cache, device, progress))
                   for r, s in enumerate(ref_splits)]
@@ -411,6 +468,8 @@ def run_cell(progress: bool = True, # progress bars
     pruned = _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress)
     timings['prune'] = time.time() - t0 - timings['dense']
     pv, pv_info = pruned['victim']
+    controls = {k: _control_all(p, k, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress, pruned) for k in CONTROL_STATES[p['control']]}
+    if controls: timings['control'] = time.time() - t0 - timings['dense'] - timings['prune']
     K = p['num_shadows']
     dense_keys = [dense.records['victim']['key']] + [dense.records[f'shadow{k}']['key'] for k in range(K)]
     states = {
@@ -422,21 +481,33 @@ def run_cell(progress: bool = True, # progress bars
                        keys=[_key(pv_info)] + (dense_keys[1:] if p['dense_shadows'] else [_key(pruned[f'shadow{k}'][1]) for k in range(K)])
                             + [_key(pruned[f'reference{r}'][1]) for r in range(R)]),
     }
+    for k, ctl in controls.items():  # attacked as the pruned arm is: shadows and references of the same treatment
+        states[k] = dict(target=ctl['victim'][0], shadows=dense.shadows if p['dense_shadows'] else [ctl[f'shadow{j}'][0] for j in range(K)],
+                         refs=[ctl[f'reference{r}'][0] for r in range(R)],
+                         keys=[_key(ctl['victim'][1])] + (dense_keys[1:] if p['dense_shadows'] else [_key(ctl[f'shadow{j}'][1]) for j in range(K)])
+                              + [_key(ctl[f'reference{r}'][1]) for r in range(R)])
     models_use = cache_use(cache.events)  # the models (and splits) this cell trained vs found
-    acc = {'dense': {'test_acc': accuracy(dense.victim, ds, sp.victim.test), 'train_acc': accuracy(dense.victim, ds, sp.victim.train),
-                     'measured_sparsity': 0.0},
-           'pruned': {'test_acc': pv_info['test_acc'], 'train_acc': pv_info['train_acc'],
-                      'measured_sparsity': pv_info['report']['measured']}}
+    dr = dense.records['victim']
+    acc = {'dense': fit_diagnostics(accuracy(dense.victim, ds, sp.victim.train), accuracy(dense.victim, ds, sp.victim.test), dr['history'],
+                                    dr['best_epoch'], cfg.epochs, cfg.patience) | {'measured_sparsity': 0.0},
+           'pruned': fit_diagnostics(pv_info['train_acc'], pv_info['test_acc'], pv_info['history'], pv_info['best_epoch'],
+                                     cfg.epochs if PRUNE_METHODS[p['prune_method']].needs_data else cfg.fine_tune().epochs, cfg.patience)
+                     | {'measured_sparsity': pv_info['report']['measured']}}
+    for k, ctl in controls.items():
+        ci = ctl['victim'][1]
+        acc[k] = fit_diagnostics(ci['train_acc'], ci['test_acc'], ci['history'], ci['best_epoch'], ci['epochs_cap'], ci['patience']) \
+                 | {'measured_sparsity': ci['measured_sparsity']}
     base = {k: p[k] for k in CELL_DEFAULTS if k not in NON_SEMANTIC}
     base.update(cell_id=cell_id(p), defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'))
     acc['dense']['epsilon'], acc['pruned']['epsilon'] = float('nan'), pv_info.get('epsilon', float('nan'))  # the DP accountant's
+    for k, ctl in controls.items(): acc[k]['epsilon'] = ctl['victim'][1].get('epsilon', float('nan'))
     metrics, rows, scores, divergence, attack_states = {}, [], {}, {}, {}
-    for state in STATES:
+    for state in cell_states(p):
         s = states[state]
         t1 = time.time()
-        state_names = [n for n in names if n != 'two_release' or state == 'pruned']  # two releases: the dense one and the pruned one
+        state_names = [n for n in names if n != 'two_release' or state != 'dense']  # two releases: the dense one and the treated one
         met, arr, att_time, built = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, state_names, p, cache, device,
-                                                   s['keys'], progress, other=states['dense'] if state == 'pruned' and 'two_release' in names else None)
+                                                   s['keys'], progress, other=states['dense'] if state != 'dense' and 'two_release' in names else None)
         timings[f'attacks_{state}'] = time.time() - t1
         if built: timings[f'attacks_{state}_built'] = att_time  # per attack: seconds spent in this cell
         attack_states[state] = {'cached': not built} | ({} if built else {'seconds_when_built': att_time})  # not work redone here
@@ -452,12 +523,13 @@ def run_cell(progress: bool = True, # progress bars
     timings['total'] = time.time() - t0
     prov = {'env': env_info(device), 'data': _data_provenance(ds),
             'split_hashes': {'victim': splits_hash(sp.victim), **{f'shadow{k}': splits_hash(s) for k, s in enumerate(sp.shadows)}},
-            'cache_keys': {st: states[st]['keys'] for st in STATES}, 'skipped_attacks': skipped, 'timings': timings,
+            'cache_keys': {st: states[st]['keys'] for st in cell_states(p)}, 'skipped_attacks': skipped, 'timings': timings,
             'models': {k: models_use.get(k, {'built': 0, 'found': 0, 'built_keys': [], 'found_keys': [], 'build_seconds': 0.0})
-                       for k in ('dense_model', 'pruned_model')},
+                       for k in ('dense_model', 'pruned_model') + (('control_model',) if controls else ())},
             'attack_states': attack_states,
             'split_sizes': {'victim': sp.victim.sizes(), 'shadows': [s.sizes() for s in sp.shadows]},
             'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id'],
+            **{f'{k}_victim': {n: v for n, v in ctl['victim'][1].items() if n not in ('history', 'report')} for k, ctl in controls.items()},
             'resolved_params': p}
     result = CellResult(given, metrics, rows, scores, prov, divergence)
     if out_dir:

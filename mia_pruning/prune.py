@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_prune.ipynb #139b503b
 from __future__ import annotations
-import copy, hashlib, importlib, math, numbers, warnings
+import copy, hashlib, math, numbers, warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -446,11 +446,4 @@ def fine_tune(model: nn.Module, # a pruned model (masks in place), trained in pl
                       progress=progress, desc=desc, hooks=hooks)
     check_masks_held(res.model, before, desc)
     return res
-
-
-# %% ../nbs/04_prune.ipynb #74930d30
-def __getattr__(name: str):
-    "`compact_model` (API.md's name here) from `mia_pruning.compact`, imported on first use to avoid an import cycle."
-    if name != 'compact_model': raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    return importlib.import_module('mia_pruning.compact').compact_model
 

@@ -4,8 +4,8 @@
 
 # %% ../nbs/08a_pruned.ipynb #b61bf8d0
 from __future__ import annotations
-import json, time
-from dataclasses import asdict
+import json, time, contextlib
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 from .core import ArtifactCache, get_device, save_checkpoint, load_checkpoint, save_json, load_json
 from .data import MIADataset, Split, check_name, splits_hash
 from .models import build_model
-from .train import TrainConfig, default_train_config, accuracy
+from .train import TrainConfig, TrainHooks, default_train_config, accuracy, train_model
 from .prune import (PRUNE_METHODS, check_sparsity, check_structured_bn, check_model_for, prune_model,
                                clone_model, bake_masks, plain_state_dict, state_hash, sparsity_report)
 from .imp import iterative_magnitude_prune
@@ -22,8 +22,8 @@ from .defenses import Defense, make_defense, build_defended_model
 
 
 # %% auto #0
-__all__ = ['PRUNED_MODEL_VERSION', 'save_pruned', 'load_pruned', 'prune_options', 'pruned_model_key', 'pruned_model',
-           'plot_accuracy_vs_sparsity']
+__all__ = ['PRUNED_MODEL_VERSION', 'CONTROL_MODEL_VERSION', 'CONTROL_VARIANTS', 'save_pruned', 'load_pruned', 'prune_options',
+           'pruned_model_key', 'pruned_model', 'control_model_key', 'control_model', 'plot_accuracy_vs_sparsity']
 
 # %% ../nbs/08a_pruned.ipynb #a9dfaf05
 def save_pruned(path: str | Path, # destination file (.pt)
@@ -69,10 +69,10 @@ def prune_options(method: str, # a key of PRUNE_METHODS
                  ) -> dict:
     "The method's options, checked, with imp's defaults filled in (rounds 3, rewind 1 epoch, global, init_seed = seed)."
     spec, options = PRUNE_METHODS[check_name(method, PRUNE_METHODS, 'prune method')], dict(options or {})
-    allowed = _IMP_OPTIONS if method == 'imp' else spec.options
+    allowed = _IMP_OPTIONS if spec.needs_data else spec.options
     bad = sorted(set(options) - set(allowed))
     if bad: raise ValueError(f'unknown option(s) {bad} for {method!r}; allowed: {list(allowed) or "none"}')
-    return {'rounds': 3, 'rewind_epochs': 1, 'scope': 'global', 'init_seed': seed, **options} if method == 'imp' else options
+    return {'rounds': 3, 'rewind_epochs': 1, 'scope': 'global', 'init_seed': seed, **options} if spec.needs_data else options
 
 def pruned_model_key(dense_hash: str, # identifies the dense model (its `state_hash`, or its cache key)
                      ds: MIADataset, # the data pool
@@ -90,7 +90,7 @@ def pruned_model_key(dense_hash: str, # identifies the dense model (its `state_h
     d = make_defense(defense)
     key = {'dense': dense_hash, 'arch': arch, 'dataset': ds.name, 'n': len(ds), 'method': method,
            'sparsity': check_sparsity(sparsity), 'options': prune_options(method, options, seed),
-           'recipe': cfg.key() if method == 'imp' else cfg.fine_tune().key(), 'defense': d.key(), 'seed': int(seed),
+           'recipe': cfg.key() if PRUNE_METHODS[method].needs_data else cfg.fine_tune().key(), 'defense': d.key(), 'seed': int(seed),
            'split': splits_hash(split), 'version': PRUNED_MODEL_VERSION}
     if PRUNE_METHODS[method].uses_structured_bn: key['structured_bn'] = check_structured_bn(structured_bn)
     return key
@@ -111,11 +111,11 @@ def pruned_model(dense_model: nn.Module, # the trained dense model (not modified
                  options: dict | None = None, # method options (imp: rounds, rewind_epochs, scope, init_seed)
                 ) -> tuple[nn.Module, dict]:
     "Prune + (defended) fine-tune a copy of `dense_model`, cached; returns (model with masks baked in, info)."
-    check_name(method, PRUNE_METHODS, 'prune method')
+    spec = PRUNE_METHODS[check_name(method, PRUNE_METHODS, 'prune method')]
     s, sbn = check_sparsity(sparsity), check_structured_bn(structured_bn)
     d = make_defense(defense)
-    if method == 'imp' and d.replaces_fine_tune:
-        raise ValueError(f'{d.name} fine-tunes after one-shot pruning; imp retrains with the full recipe in every round '
+    if spec.needs_data and d.replaces_fine_tune:
+        raise ValueError(f'{d.name} fine-tunes after one-shot pruning; {method} retrains with the full recipe in every round '
                          f'and is not supported with {d.name} (use a one-shot method)')
     check_model_for(dense_model, method)
     d.check_model(dense_model, ds)
@@ -126,7 +126,7 @@ def pruned_model(dense_model: nn.Module, # the trained dense model (not modified
     def build(tmp: Path):
         t0 = time.time()
         d.bind(ds, split, seed, device)   # a fresh objective for this run's data
-        if method == 'imp':
+        if spec.needs_data:  # it retrains inside: its whole schedule, from a fresh initialisation
             o = dict(key['options']); init_seed = o.pop('init_seed')
             init = build_model(arch, ds.num_classes, ds.input_shape, seed=init_seed)
             res = iterative_magnitude_prune(init, ds, split, s, cfg=cfg, seed=init_seed, objective=d.objective,
@@ -153,6 +153,91 @@ def pruned_model(dense_model: nn.Module, # the trained dense model (not modified
     info = load_json(entry / 'info.json') | {
         'cache_hit': not built, 'cache_entry': str(entry), 'defense_name': d.name, 'defense_param': d.param,
         'structured_bn': sbn, 'structured_bn_applies': PRUNE_METHODS[method].uses_structured_bn}
+    return model.to(get_device(device or 'auto')), info
+
+
+# %% ../nbs/08a_pruned.ipynb #0cb0ab93
+CONTROL_MODEL_VERSION = 1
+CONTROL_VARIANTS = ('finetune', 'matched')  # epochs=None: the pruned arm's recipe; epochs=E: exactly E epochs, last weights kept
+
+class _KeepLast(TrainHooks):
+    "The plain training loop that also copies the weights of its last epoch (`train_model` restores the best-dev ones after it)."
+    @contextlib.contextmanager
+    def session(self, model, optimizer, ds, train_idx, cfg, seed, device):
+        yield model, optimizer
+        self.last = {k: v.detach().clone() for k, v in model.state_dict().items()}  # only on a normal end of the loop
+
+def _check_epochs(epochs) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f'matched control epochs must be an integer >= 1 (None: the pruned arm\'s recipe), got {epochs!r}')
+    return int(epochs)
+
+def control_model_key(dense_hash: str, # identifies the dense model (its `state_hash`, or its cache key)
+                      ds: MIADataset, # the data pool
+                      split: Split, # the model's train / dev / test indices
+                      arch: str, # its architecture
+                      cfg: TrainConfig, # the dense recipe (fine-tuning uses epochs // 2, as the pruned arm)
+                      seed: int = 0, # fine-tuning seed
+                      defense: str | Defense = 'none', # a key of DEFENSES or a Defense
+                      epochs: int | None = None, # None: the 'finetune' variant; E: the 'matched' variant (E epochs)
+                     ) -> dict:
+    "The cache key of a control model (dense, fine-tuned, not pruned): everything that determines its weights."
+    key = {'dense': dense_hash, 'arch': arch, 'dataset': ds.name, 'n': len(ds), 'treatment': 'fine-tune only',
+           'recipe': cfg.fine_tune().key(), 'defense': make_defense(defense).key(), 'seed': int(seed), 'split': splits_hash(split),
+           'variant': 'finetune' if epochs is None else 'matched', 'version': CONTROL_MODEL_VERSION}
+    if epochs is not None: key['epochs'] = _check_epochs(epochs)
+    return key
+
+def control_model(dense_model: nn.Module, # the trained dense model (not modified)
+                  ds: MIADataset, # the data pool
+                  split: Split, # the model's train / dev / test indices
+                  arch: str, # its architecture (to rebuild it from the cache)
+                  defense: str | Defense = 'none', # as the pruned arm's
+                  cfg: TrainConfig | None = None, # the dense recipe (fine-tuning uses epochs // 2)
+                  seed: int = 0, # fine-tuning seed (the pruned twin's, so both see the same batches)
+                  epochs: int | None = None, # None: the pruned arm's recipe ('finetune'); E: exactly E epochs, last weights ('matched')
+                  cache: ArtifactCache | str | Path | None = None, # default: ArtifactCache()
+                  dense_hash: str | None = None, # `state_hash(dense_model)` (or the dense cache key) if already known
+                  device=None, progress: bool = True,
+                 ) -> tuple[nn.Module, dict]:
+    "The control arm: a copy of `dense_model` fine-tuned as `pruned_model` fine-tunes a pruned one, with nothing pruned; cached, (model, info)."
+    d = make_defense(defense)
+    if epochs is not None:
+        _check_epochs(epochs)
+        if d.replaces_fine_tune: raise ValueError(f'the matched control keeps its last epoch\'s weights, which {d.name}\'s own training loop '
+                                                  f'does not offer; use the fine-tune control (epochs=None) with {d.name}')
+    d.check_model(dense_model, ds)
+    cfg = cfg or default_train_config(ds.kind)
+    cache = cache if isinstance(cache, ArtifactCache) else ArtifactCache(cache)
+    key = control_model_key(dense_hash or state_hash(dense_model), ds, split, arch, cfg, seed, d, epochs)
+    built = {}
+    def build(tmp: Path):
+        t0 = time.time()
+        model = clone_model(dense_model)
+        if epochs is None:
+            model, tuned = d.fine_tune(model, ds, split, cfg, seed=seed, device=device, progress=progress)
+            ft = cfg.fine_tune()
+        else:
+            d.bind(ds, split, seed, device)   # a fresh objective for this run's data
+            ft, keep, obj = replace(cfg.fine_tune(), epochs=int(epochs), patience=0), _KeepLast(), d.objective
+            res = train_model(model, ds, split.train, split.dev, ft, seed=seed, device=device, objective=obj, progress=progress,
+                              desc='control (matched)', hooks=keep)
+            model.load_state_dict(keep.last)
+            tuned = {'history': res.history, 'best_epoch': len(res.history) - 1, 'best_dev_acc': res.history[-1]['dev_acc'],
+                     'best_dev_epoch': res.best_epoch}  # the released weights are the last epoch's
+            if hasattr(obj, 'finish'): tuned[f'{d.name}_history'] = obj.finish()
+        report = sparsity_report(model, input_shape=ds.input_shape)
+        info = {'variant': key['variant'], 'arch': arch, 'dataset': ds.name, 'seed': int(seed), 'defense': key['defense'], 'report': report,
+                'measured_sparsity': report['weight_sparsity'], 'epochs_cap': ft.epochs, 'patience': ft.patience,
+                **{k: v for k, v in tuned.items() if k not in ('defense', 'seconds')},
+                'train_acc': accuracy(model, ds, split.train, device=device),
+                'test_acc': accuracy(model, ds, split.test, device=device), 'seconds': time.time() - t0}
+        save_pruned(tmp / 'model.pt', model, {'key': key})
+        save_json(tmp / 'info.json', info)
+        built['yes'] = True
+    entry = cache.get_or_build('control_model', key, build)
+    model, _ = load_pruned(entry / 'model.pt', arch, ds.num_classes, ds.input_shape, defense=d)
+    info = load_json(entry / 'info.json') | {'cache_hit': not built, 'cache_entry': str(entry), 'defense_name': d.name, 'defense_param': d.param}
     return model.to(get_device(device or 'auto')), info
 
 

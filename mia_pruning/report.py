@@ -11,15 +11,16 @@ import pandas as pd
 from .core import atomic_write  # core's file helpers import no torch: a report needs none
 
 # %% auto #0
-__all__ = ['REQUIRED_COLUMNS', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TPR_COLUMNS', 'FAMILIES', 'TRADEOFF_COLUMNS',
-           'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense', 'settings',
-           'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family', 'plot_headline',
-           'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group', 'plot_defense_frontier',
-           'defense_table', 'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table', 'attack_table',
-           'accuracy_table', 'attack_summary', 'epsilon_table', 'two_release_table', 'make_report']
+__all__ = ['REQUIRED_COLUMNS', 'MODEL_STATES', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TPR_COLUMNS', 'FAMILIES',
+           'TRADEOFF_COLUMNS', 'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense',
+           'settings', 'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family',
+           'plot_headline', 'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group',
+           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table',
+           'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table', 'two_release_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
+MODEL_STATES = ('dense', 'pruned', 'control', 'control_matched')  # = pipeline.ALL_STATES (not imported: a report needs no torch)
 BASELINES = ['gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'nn', 'nn_top3', 'nn_cls']  # the study's eight
 METRIC_LABELS = {'attack_acc': 'attack accuracy', 'auc': 'AUC', 'tpr_at_1pct_fpr': 'TPR @ 1% FPR',
                  'tpr_at_0_1pct_fpr': 'TPR @ 0.1% FPR', 'best_acc': 'best-threshold accuracy (optimistic)'}
@@ -56,8 +57,8 @@ def load_summary(src: str | Path | pd.DataFrame, # a grid folder, a summary.csv 
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise ValueError(f'{name}: column {c} must hold numbers, but data row {i + 1} (line {i + 2}) holds {df[c].iloc[i]!r}')
         df[c] = num
-    bad = sorted(set(df['model_state'].dropna()) - {'dense', 'pruned'})
-    if bad: raise ValueError(f"{name}: unknown model_state value(s) {bad}; expected 'dense' and 'pruned'")
+    bad = sorted(set(df['model_state'].dropna()) - set(MODEL_STATES))
+    if bad: raise ValueError(f"{name}: unknown model_state value(s) {bad}; expected one of {MODEL_STATES}")
     return df
 
 def not_learned(df: pd.DataFrame) -> pd.Series:
@@ -565,11 +566,12 @@ def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores
                       n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Per setting: two_release vs the strongest single-release attack (on the dense or the pruned victim), paired AUC change, verdict."
     from mia_pruning.core import load_arrays, load_json
+    from mia_pruning.runs import summary_runs
     from mia_pruning.evidence import metric_value, pooled_paired_difference, verdict
     runs = Path(grid_dir) / 'runs'
     if not runs.is_dir(): raise FileNotFoundError(f'{runs} does not exist: the comparison needs the run folders')
     groups, best_names = {}, {}
-    for rd in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith('.')):
+    for rd in summary_runs(grid_dir)[0]:  # the runs summary.csv holds, no others
         try: arr, prm = load_arrays(rd / 'scores.npz'), load_json(rd / 'params.json')['params']
         except Exception: continue
         if 'pruned__score__two_release' not in arr: continue

@@ -9,31 +9,39 @@ from pathlib import Path
 import nbformat
 from .core import project_root
 from .runs import finish_run, clear_folder, swap_in, plain_folder
-from .executors import THREAD_VARS
+from .executors import THREAD_VARS, raise_if_interrupted
 
 # %% auto #0
-__all__ = ['TEMPLATE_ENV', 'KERNEL_START_TRIES', 'template_path', 'load_template', 'kernel_guard_source', 'error_summary',
-           'kernel_start_failed', 'execute_cell']
+__all__ = ['TEMPLATE_ENV', 'KERNEL_START_TRIES', 'find_template', 'template_path', 'load_template', 'kernel_guard_source',
+           'error_summary', 'kernel_start_failed', 'execute_cell']
 
 # %% ../nbs/10e_runner.ipynb #ef915ade
 TEMPLATE_ENV = 'MIA_PRUNING_TEMPLATE'
 
-def template_path(path: str | Path | None = None) -> Path:
-    "The experiment notebook: `path`, else $MIA_PRUNING_TEMPLATE, else the installed package's copy, else nbs/experiment.ipynb."
+def find_template(name: str, # the template's file name, e.g. 'experiment.ipynb'
+                  env: str, # the environment variable that may name another copy
+                  path: str | Path | None = None, # a copy the caller names
+                 ) -> Path:
+    "A papermill template: `path`, else $`env`, else the installed package's copy, else nbs/`name` of the clone."
     import mia_pruning
-    if path is None and os.environ.get(TEMPLATE_ENV): path = os.environ[TEMPLATE_ENV]
+    what = f'{Path(name).stem} template'
+    if path is None and os.environ.get(env): path = os.environ[env]
     if path is not None:
         p = Path(path).expanduser()
-        if not p.is_file(): raise FileNotFoundError(f'experiment template {str(p)!r} does not exist')
+        if not p.is_file(): raise FileNotFoundError(f'{what} {str(p)!r} does not exist')
         return p
     pkg = Path(mia_pruning.__file__).resolve().parent
-    cands = [pkg / 'templates' / 'experiment.ipynb', pkg.parent / 'nbs' / 'experiment.ipynb']
+    cands = [pkg / 'templates' / name, pkg.parent / 'nbs' / name]
     root = project_root()
-    if root: cands.append(root / 'nbs' / 'experiment.ipynb')
+    if root: cands.append(root / 'nbs' / name)
     for p in cands:
         if p.is_file(): return p
-    raise FileNotFoundError(f'the experiment template was not found (looked in {", ".join(map(str, cands))}); set '
-                            f'${TEMPLATE_ENV} to the path of experiment.ipynb (it ships in a built package and in the repository under nbs/)')
+    raise FileNotFoundError(f'the {what} was not found (looked in {", ".join(map(str, cands))}); set '
+                            f'${env} to the path of {name} (it ships in a built package and in the repository under nbs/)')
+
+def template_path(path: str | Path | None = None) -> Path:
+    "The experiment notebook: `path`, else $MIA_PRUNING_TEMPLATE, else the installed package's copy, else nbs/experiment.ipynb."
+    return find_template('experiment.ipynb', TEMPLATE_ENV, path)
 
 def load_template(path: str | Path | None = None) -> str:
     "The template's JSON text, after checking that it has a cell tagged `parameters`."
@@ -109,12 +117,13 @@ def execute_cell(task: dict) -> dict:
             try:
                 pm.execute_notebook(nb, str(work / 'run.ipynb'), parameters={**task['params'], 'out_dir': str(work)},
                                     kernel_name='python3', progress_bar=False, log_output=False, start_timeout=300,
-                                    execution_timeout=task.get('timeout'), resources={'metadata': {'path': str(work)}},
+                                    execution_timeout=int(task['timeout']) if task.get('timeout') else None, resources={'metadata': {'path': str(work)}},
                                     shutdown_kernel='immediate', **how)  # every cell has run and its outputs are in: no 1 s graceful wait
                 break
             except Exception as e:  # a kernel that died while starting (e.g. two kernels raced for a port) ran nothing: start again
                 if attempt + 1 == KERNEL_START_TRIES or not kernel_start_failed(e): raise
                 clear_folder(work); work.mkdir(parents=True)
+        raise_if_interrupted()  # papermill turned a signal into an ending: certify nothing
         # the kernel has ended: only now may the folder be called complete
         try: finish_run(work, task['cell_id'])
         except ValueError as e:
@@ -123,6 +132,7 @@ def execute_cell(task: dict) -> dict:
             raise ValueError(msg) from None
         if work != run_dir: swap_in(work, run_dir); out['notebook'] = str(run_dir / 'run.ipynb')
     except Exception as e:  # a cell's failure is data for the report, never the end of the grid
+        raise_if_interrupted()  # ... unless it is a signal in disguise
         out.update(status='failed', error=error_summary(e))
     finally:
         for v, val in saved.items():

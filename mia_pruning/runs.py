@@ -13,8 +13,9 @@ from .core import atomic_write, save_json, load_json
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder',
-           'plain_file', 'notebook_problem', 'verify_run', 'finish_run', 'run_problem', 'is_complete', 'stage_dir',
-           'clear_folder', 'swap_in', 'recover_swaps', 'run_params', 'write_bytes', 'spec_cells', 'collect']
+           'plain_file', 'notebook_problem', 'record_problems', 'verify_run', 'finish_run', 'run_problem',
+           'is_complete', 'stage_dir', 'clear_folder', 'swap_in', 'recover_swaps', 'run_params', 'write_bytes',
+           'spec_cells', 'summary_runs', 'collect']
 
 # %% ../nbs/10c_runs.ipynb #0984d3ff
 RUN_FILES = ('params.json', 'rows.json', 'scores.npz', 'metrics.json')  # what every run folder holds
@@ -59,6 +60,31 @@ def notebook_problem(path) -> str | None:
     if any(o.get('output_type') == 'error' for c in code for o in c.get('outputs', [])): return f'{path.name} holds an error output'
     return None
 
+_SCALARS = (str, int, float, bool, type(None))
+
+def record_problems(run_dir, # a run folder
+                    cell_id: str, # the cell it must hold
+                   ) -> list[str]:
+    "What is wrong with the shape of a run folder's JSON records: params.json (scalar cell parameters, its cell id), rows.json, metrics.json."
+    problems = []
+    def read(name, kind):
+        try: v = load_json(Path(run_dir) / name)
+        except Exception as e: problems.append(f'{name} is not valid JSON ({type(e).__name__})'); return None
+        if not isinstance(v, kind): problems.append(f'{name} holds a {type(v).__name__}, expected a {kind.__name__}'); return None
+        return v
+    pj, rows = read('params.json', dict), read('rows.json', list)
+    read('metrics.json', dict)
+    if pj is not None:
+        prov = pj.get('provenance') if isinstance(pj.get('provenance'), dict) else {}
+        params = pj.get('params')
+        if not isinstance(params, dict): problems.append('params.json has no params mapping')
+        else:
+            bad = sorted(k for k, v in params.items() if not isinstance(v, _SCALARS))
+            if bad: problems.append(f'params.json holds non-scalar cell parameters {bad[:5]} (a cell parameter is a string, number, boolean or null)')
+        if prov.get('cell_id') != cell_id: problems.append(f"params.json is for cell {prov.get('cell_id')!r}, not {cell_id!r}")
+    if rows is not None and not all(isinstance(r, dict) for r in rows): problems.append('rows.json is not a list of rows')
+    return problems
+
 def verify_run(run_dir, # a run folder
                cell_id: str | None = None, # the cell it must hold (default: the folder's name)
                notebook: bool = True, # require a finished run.ipynb
@@ -68,18 +94,7 @@ def verify_run(run_dir, # a run folder
     if run_dir.is_symlink() or not run_dir.is_dir(): return [f'{run_dir} is not a folder']
     problems = [f'{n} is missing' for n in RUN_FILES if not (run_dir / n).is_file()]
     if problems: return problems
-    def read(name, kind):
-        try: v = load_json(run_dir / name)
-        except Exception as e: problems.append(f'{name} is not valid JSON ({type(e).__name__})'); return None
-        if not isinstance(v, kind): problems.append(f'{name} holds a {type(v).__name__}, expected a {kind.__name__}'); return None
-        return v
-    pj, rows = read('params.json', dict), read('rows.json', list)
-    read('metrics.json', dict)
-    if pj is not None:
-        prov = pj.get('provenance') if isinstance(pj.get('provenance'), dict) else {}
-        if not isinstance(pj.get('params'), dict): problems.append('params.json has no params mapping')
-        if prov.get('cell_id') != cell_id: problems.append(f"params.json is for cell {prov.get('cell_id')!r}, not {cell_id!r}")
-    if rows is not None and not all(isinstance(r, dict) for r in rows): problems.append('rows.json is not a list of rows')
+    problems += record_problems(run_dir, cell_id)
     try:
         with zipfile.ZipFile(run_dir / 'scores.npz') as z:
             if z.testzip() is not None or not z.namelist(): problems.append('scores.npz is damaged or empty')
@@ -117,6 +132,8 @@ def run_problem(run_dir, # a run folder
         f = run_dir / n
         if not f.is_file(): return f'{n} is missing'
         if sha256_file(f) != h: return f'{n} does not match its completion record (changed or damaged after the run)'
+    shape = record_problems(run_dir, cell_id or run_dir.name)  # a record certifies files, not that they hold a run
+    if shape: return 'its completion record certifies files that are not a run: ' + '; '.join(shape)
     return None
 
 def is_complete(run_dir, cell_id: str | None = None) -> bool:
@@ -192,6 +209,22 @@ def spec_cells(out_dir) -> list[str] | None:
     except Exception: return None
     return list(g['cells']) if isinstance(g, dict) and isinstance(g.get('cells'), dict) else None
 
+def summary_runs(out_dir: str | Path, # a grid's output folder (holding runs/)
+                 cells: list[str] | None = None, # the current spec's cell ids (default: grid.json's; None there: every run)
+                ) -> tuple[list[Path], list[str]]:
+    "The run folders summary.csv holds (complete, of the current spec; a warning names each one left out) and the complete ones not in the spec."
+    runs = plain_folder(Path(out_dir) / 'runs', 'the runs folder')
+    if cells is None: cells = spec_cells(out_dir)
+    wanted = None if cells is None else set(cells)
+    found, stale = [], []
+    for rd in sorted(p for p in runs.iterdir() if not p.name.startswith('.')) if runs.is_dir() else []:
+        if not rd.is_dir() and not rd.is_symlink(): continue  # a stray file: not a run
+        why = run_problem(rd)
+        if why: warnings.warn(f'skipping run folder {rd}: not complete ({why})'); continue
+        if wanted is not None and rd.name not in wanted: stale.append(rd.name); continue
+        found.append(rd)
+    return found, stale
+
 def collect(out_dir: str | Path, # a grid's output folder (holding runs/)
             write: bool = True, # write <out_dir>/summary.csv
             cells: list[str] | None = None, # the current spec's cell ids (default: grid.json's; None there: every run)
@@ -201,14 +234,9 @@ def collect(out_dir: str | Path, # a grid's output folder (holding runs/)
     if not out_dir.is_dir(): raise ValueError(f'{str(out_dir)!r} is not a folder (expected a grid output folder with runs/)')
     runs = plain_folder(out_dir / 'runs', 'the runs folder')
     if write: plain_file(out_dir / 'summary.csv', 'summary table')
-    if cells is None: cells = spec_cells(out_dir)
-    wanted = None if cells is None else set(cells)
-    rows, stale = [], []
-    for rd in sorted(p for p in runs.iterdir() if not p.name.startswith('.')) if runs.is_dir() else []:
-        if not rd.is_dir() and not rd.is_symlink(): continue  # a stray file: not a run
-        why = run_problem(rd)
-        if why: warnings.warn(f'skipping run folder {rd}: not complete ({why})'); continue
-        if wanted is not None and rd.name not in wanted: stale.append(rd.name); continue
+    found, stale = summary_runs(out_dir, cells)
+    rows = []
+    for rd in found:
         try:
             params = run_params(load_json(rd / 'params.json'))
             run_rows = load_json(rd / 'rows.json')

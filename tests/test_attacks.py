@@ -294,3 +294,38 @@ def test_two_release_beats_every_single_release_attack_when_the_change_carries_t
     assert abs(null - 0.5) < 0.05, null  # no signal in the change: chance
     with pytest.raises(ValueError, match='AttackData.other'): run_attacks(['two_release'], sh.other, tg)
     with pytest.raises(ValueError, match='same 4000 records'): tg.with_other(synthetic_attack_data(10, seed=1))
+
+
+SINGLE = ['loss', 'conf', 'top1_conf', 'lira_offline', 'rmia']  # every single-release attack these synthetic releases support
+
+
+def _two_vs_singles(K, seed, **signal):
+    "two_release's AUC and every single-release attack's, on either release, with K shadow pairs (K-1 overlapping references) vs K."
+    from mia_pruning.attacks import synthetic_release_pair
+    sh = synthetic_release_pair(3000, num_refs=K - 1, ref_in_frac=0.45, seed=seed, **signal)
+    tg = synthetic_release_pair(3000, num_refs=K, seed=seed + 1, **signal)
+    two = run_attacks(['two_release'], sh, tg)['two_release']
+    singles = {f'{rel}/{n}': r.metrics['auc'] for rel, (s, t) in (('pruned', (sh, tg)), ('dense', (sh.other, tg.other)))
+               for n, r in run_attacks(SINGLE, s, t).items()}
+    return two, singles
+
+
+@pytest.mark.parametrize('K', [2, 4])
+def test_two_release_with_references_beats_every_single_release_attack_when_only_the_change_carries_the_signal(K):
+    "The pruned release is the dense one plus a change that is larger for members: references blur it, the difference does not."
+    two, singles = _two_vs_singles(K, 50, pruned_shift=1.0, shared=1.0)
+    assert two.metrics['auc'] > max(singles.values()) + 0.1, (two.metrics['auc'], singles)
+    assert {'lira_z_change', 'rmia_change', 'lsc_change'} <= set(two.info['features'])
+
+
+@pytest.mark.parametrize('K', [2, 4])
+@pytest.mark.parametrize('signal', [dict(pruned_shift=1.0), dict(dense_shift=1.0)])
+def test_two_release_is_as_strong_as_the_best_single_release_attack_when_one_release_carries_the_signal(K, signal):
+    "Independent dense and pruned models (shared=0), the signal in one of them: LiRA/RMIA on that release is the bar to reach."
+    two, singles = _two_vs_singles(K, 60, shared=0.0, **signal)
+    rel = 'pruned' if 'pruned_shift' in signal else 'dense'
+    best = max(singles, key=singles.get)
+    assert best.startswith(rel) and singles[best] > 0.65, singles  # the signal is where it was put, and strong
+    assert two.metrics['auc'] >= singles[f'{rel}/rmia'] - 0.02 and two.metrics['auc'] >= singles[best] - 0.02, (two.metrics['auc'], singles)
+    null, _ = _two_vs_singles(K, 70)
+    assert abs(null.metrics['auc'] - 0.5) < 0.05

@@ -180,25 +180,3 @@ def test_attack_auc_unchanged_on_a_fixed_benchmark():
                                    tg.is_member)['auc'] for fn in (train_attack_model, plain_train_attack_model)]
         assert 0.6 < aucs[0] < 0.99, aucs  # a known signal that the attack picks up, short of saturation
         assert abs(aucs[0] - aucs[1]) <= 0.005, aucs
-
-
-def test_bench_attack_training_record(tmp_path):
-    from mia_pruning.attacks import bench_attack_training
-    rec = bench_attack_training(smoke=True, out=tmp_path, threads=1, rows=256, repeats=1)
-    assert rec['name'] == 'attack_training' and rec['smoke'] and (tmp_path / 'attack_training.json').exists()
-    assert [f['name'].split()[0] for f in rec['figures']] == ['samia', 'nn']
-    for f in rec['figures']:
-        assert f['target'] == 2.0 and f['op'] == '>=' and f['value'] > 0
-        assert f['data']['delta_auc'] <= 0.005 and f['data']['max_weight_diff'] <= 1e-6
-        assert '[smoke sizes: no verdict]' in f['line']
-    assert rec['raw']['samia']['steps_per_epoch'] == 2 and len(rec['raw']['nn']['ours_seconds']) == 1
-
-
-def test_attack_step_profile_groups_the_time():
-    from mia_pruning.attacks import attack_step_profile, samia_features
-    d = synthetic_attack_data(256, seed=82)
-    prof = attack_step_profile(SAMIA(10), samia_features(d), d.is_member, steps=2)
-    assert prof.share.sum() == pytest.approx(1.0) and (prof.ms_per_step > 0).all()
-    assert {'dropout masks', 'matrix products', 'softmax'} <= set(prof.group)
-    with pytest.raises(ValueError, match='at least batch_size=128 rows'):
-        attack_step_profile(AttackMLP(3), np.zeros((10, 3)), np.arange(10) % 2)

@@ -124,11 +124,15 @@ def test_main(tmp_path, capsys):
     assert bench.select_benchmarks('cpu') == ['train_loop', 'threshold', 'sensitivity', 'attack_training', 'fused', 'cell_cost',
                                               'malloc_trim', 'scheduling', 'grid_scaling', 'memory']
     assert bench.select_benchmarks('gpu') == ['gpu', 'fused_gpu']
+    assert bench.select_benchmarks('peak') == ['peak'] and bench.select_benchmarks('gpu', check=True) == ['gpu_check']
+    assert bench.select_benchmarks('all')[-2:] == ['peak', 'gpu_check']
     for name, (_, fn) in bench.BENCHMARKS.items(): assert callable(fn) and fn.__name__.startswith('bench_'), name
     with pytest.raises(SystemExit) as e: bench.main(['--only', 'nope', '--out', str(tmp_path)])
     assert e.value.code == 2
     assert "unknown benchmark(s) ['nope']" in capsys.readouterr().err
     with pytest.raises(SystemExit): bench.main(['--suite', 'tpu'])
+    with pytest.raises(SystemExit) as e: bench.main(['--suite', 'cpu', '--check'])
+    assert e.value.code == 2 and '--check goes with --suite gpu' in capsys.readouterr().err
 
 
 def test_cell_cost(tmp_path, capsys):
@@ -144,3 +148,116 @@ def test_cell_cost(tmp_path, capsys):
     walls = [rec['raw']['cells'][m][0]['wall_s'] for m in ('fresh', 'forked')]
     assert rec['figures'][1]['value'] == pytest.approx(walls[0] / walls[1])
     assert rec['raw']['import_pipeline_s'] > 0
+
+
+def test_peak_suite(tmp_path, capsys):
+    "Each stage's fraction of the fp32 matmul peak measured in the same run, through the command (`--suite peak`)."
+    assert bench.main(['--suite', 'peak', '--smoke', '--threads', '1', '--out', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    stages = [f'{s} {a}' for a in ('cnn/28x28', 'resnet20/32x32') for s in
+              ('dense training', 'dense training channels_last', 'fine-tuning 70% pruned', 'posterior features', 'sensitivity features')]
+    cores = __import__('os').cpu_count()
+    peaks = ['fp32 matmul peak, 1 thread'] + ([f'fp32 matmul peak, {cores} threads'] if cores > 1 else [])
+    rec = check_record(tmp_path / 'peak.json', 'peak', peaks + stages + ['SAMIA training (10 classes)', 'NN-attack training (10 classes)'], out)
+    peak = rec['raw']['peak']['1']['gflops']                 # the peak this run measured at the stages' thread count
+    assert peak == max(r['gflops'] for r in rec['raw']['peak']['1']['runs']) > 0
+    for f in rec['figures']:
+        if f.get('absolute'): assert f['unit'] == 'GFLOP/s'; continue
+        assert 0 < f['value'] <= 1.5, f['line']
+        assert f['unit'] == 'the 1-thread fp32 matmul peak' and f['data']['peak_gflops'] == peak and f['data']['peak_threads'] == 1
+        assert f['value'] == pytest.approx(f['data']['gflops'] / peak)
+        assert f['value'] == pytest.approx(f['data']['flops'] / f['data']['best_s'] / 1e9 / peak)  # counted FLOPs / best seconds
+        assert f"of {peak:.1f} measured in this run" in f['line']
+    ft = rec['raw']['stages']['cnn/28x28']['fine-tuning 70% pruned']
+    dense = rec['raw']['stages']['cnn/28x28']['dense training']
+    assert ft['flops'] == dense['flops']                     # masked weights, dense kernels: the zeros are multiplied too
+    assert ft['useful_fraction'] == pytest.approx(0.3, abs=0.02)
+
+
+def test_compare_metrics_known_answers():
+    a = {'dense/test_acc': 0.90, 'pruned/nn/auc': 0.60, 'pruned/gap/auc': 0.60, 'pruned/gap/tpr_at_1pct_fpr': float('nan'), 'x/y': 'a'}
+    b = {'dense/test_acc': 0.915, 'pruned/nn/auc': 0.64, 'pruned/gap/auc': 0.63, 'pruned/gap/tpr_at_1pct_fpr': 0.5, 'x/y': 'a'}
+    c = bench.compare_metrics(a, b, bench.GPU_CHECK_TOL)
+    assert c['failed'] == ['pruned/gap/auc']                 # learned AUC within 0.05 passes, a threshold AUC off by 0.03 does not
+    assert c['judged'] == 3 and not c['identical']
+    assert c['max_diff']['reported'] == float('inf')        # NaN against a number is reported, not judged
+    assert bench.compare_metrics(a, dict(a))['identical'] and bench.compare_metrics(a, dict(a))['failed'] == []
+    assert bench.compare_metrics(a, {**a, 'dense/test_acc': 0.9000001})['failed'] == ['dense/test_acc']  # no tolerance: identical only
+    assert bench.compare_metrics(a, {k: v for k, v in a.items() if k != 'x/y'})['failed'] == ['x/y']     # a missing metric fails
+
+
+def test_gpu_check_without_a_gpu(tmp_path, capsys):
+    "`--suite gpu --check` on a CPU-only machine: the tiny cell twice on the CPU, every metric identical, the GPU part not run, exit 0."
+    assert bench.main(['--suite', 'gpu', '--check', '--out', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert 'the GPU part was NOT RUN: no CUDA GPU on this machine' in out and 'gpu check: PASSED' in out
+    rec = load_json(tmp_path / 'gpu_check.json')
+    assert RECORD_KEYS <= set(rec) and rec['name'] == 'gpu_check'
+    assert [f['name'] for f in rec['figures']] == ['gpu check metrics, cpu vs cpu', 'gpu check features, cpu vs cpu']
+    assert all(f['line'] in out and f['line'].endswith('[met]') for f in rec['figures'])  # a check's verdict holds at any size
+    raw = rec['raw']
+    assert raw['gpu'].startswith('not run') and raw['passed'] is True and raw['tolerances'] == 'identical'
+    rows = raw['compare']['rows']
+    assert len(rows) > 300 and raw['compare']['judged'] == len(rows)  # every metric of every attack, each judged
+    for r in rows:                                                    # the two CPU cells agree on every metric
+        assert r['ref'] == r['other'] or (r['ref'] != r['ref'] and r['other'] != r['other']), r
+    assert {r['key'] for r in rows} >= {'dense/test_acc', 'pruned/test_acc', 'dense/samia/auc', 'pruned/lira_online/auc', 'pruned/nn/auc'}
+    assert raw['features']['logits_dtype'] == ['torch.float32'] * 2 and raw['features']['max_posterior_diff'] == 0.0
+    assert [f['met'] for f in rec['figures']] == [True, True]
+
+
+@pytest.mark.slow  # about 20 s on 2 busy cores (bench_gpu's stages at smoke sizes)
+def test_gpu_check_gpu_part_runs_on_cpu(tmp_path, capsys):
+    "The GPU part's code (peaks, stage FLOPs and fractions) at smoke sizes on the CPU, so that a GPU session does not find its typos."
+    rec = bench.bench_gpu_check(smoke=True, out=tmp_path, device='cpu', params={'attacks': 'conf', 'num_references': 0}, gpu_part=True,
+                                fused_models=0)  # fused_gpu's ResNet18s take a minute on this CPU: left out here
+    names = [f['name'] for f in rec['figures']]
+    assert names[:5] == ['gpu check metrics, cpu vs cpu', 'gpu check features, cpu vs cpu', 'gpu matmul peak fp32', 'gpu matmul peak tf32',
+                         'gpu matmul peak fp16']
+    assert {'gpu train resnet20', 'gpu sensitivity resnet20', 'gpu samia resnet20'} <= set(names) and rec['raw']['passed']
+    stages = rec['raw']['gpu']['gpu_suite']['raw']['stages']
+    for name in ('train', 'fine_tune', 'posteriors', 'sensitivity', 'samia'):
+        st = stages[name]
+        assert st['flops'] > 0 and st['peak_precision'] == 'fp32'
+        assert st['fraction_of_peak'] == pytest.approx(st['flops'] / st['seconds'] / 1e9 / rec['raw']['gpu']['peaks']['fp32']['gflops'])
+    assert stages['sensitivity']['flops'] == pytest.approx(11 * stages['inference']['flops'])  # m + 1 forward passes per sample
+
+
+def test_bench_attack_training_record(tmp_path):
+    rec = bench.bench_attack_training(smoke=True, out=tmp_path, threads=1, rows=256, repeats=1)
+    assert rec['name'] == 'attack_training' and rec['smoke'] and (tmp_path / 'attack_training.json').exists()
+    assert [f['name'].split()[0] for f in rec['figures']] == ['samia', 'nn']
+    for f in rec['figures']:
+        assert f['target'] == 2.0 and f['op'] == '>=' and f['value'] > 0
+        assert f['data']['delta_auc'] <= 0.005 and f['data']['max_weight_diff'] <= 1e-6
+        assert '[smoke sizes: no verdict]' in f['line']
+    assert rec['raw']['samia']['steps_per_epoch'] == 2 and len(rec['raw']['nn']['ours_seconds']) == 1
+
+
+def test_attack_step_profile_groups_the_time():
+    from mia_pruning.attacks import SAMIA, AttackMLP, samia_features, synthetic_attack_data
+    d = synthetic_attack_data(256, seed=82)
+    prof = bench.attack_step_profile(SAMIA(10), samia_features(d), d.is_member, steps=2)
+    assert prof.share.sum() == pytest.approx(1.0) and (prof.ms_per_step > 0).all()
+    assert {'dropout masks', 'matrix products', 'softmax'} <= set(prof.group)
+    with pytest.raises(ValueError, match='at least batch_size=128 rows'):
+        bench.attack_step_profile(AttackMLP(3), np.zeros((10, 3)), np.arange(10) % 2)
+
+
+def test_bench_fused_gpu_says_not_run_without_cuda(tmp_path):
+    "Without CUDA the GPU-suite figure is a record with a 'not run' note and no figures (no fake number)."
+    rec = bench.bench_fused_gpu(out=tmp_path, device='cpu')
+    assert rec['figures'] == [] and rec['notes'].startswith('not run')
+    assert (tmp_path / 'fused_gpu.json').exists()
+
+
+def test_benchmarks_live_in_the_bench_modules():
+    "Tooling stays out of the science: no module but bench and benchkit defines a `bench_` function."
+    import ast
+    from pathlib import Path
+    pkg = Path(bench.__file__).parent
+    found = {f.name: [n.name for n in ast.parse(f.read_text(encoding='utf-8')).body
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name.startswith('bench_')]
+             for f in sorted(pkg.glob('*.py'))}
+    assert {f for f, names in found.items() if names} <= {'bench.py', 'benchkit.py'}, found
+    assert 'bench_fused' in found['bench.py'] and 'bench_scheduling' in found['bench.py']  # the check reads real definitions

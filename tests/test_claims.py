@@ -1,119 +1,167 @@
-"""The claims module: known answers on synthetic run folders, no torch, clear errors, and reading from committed tables alone."""
+"""The claims module: known answers on synthetic grids (with run folders and from summary.csv alone), each label reached, relative paths, no torch."""
 
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mia_pruning import claims as C
+from mia_pruning.evidence import LABELS
 
-NB = 200  # bootstrap resamples: enough for percentile intervals, cheap
+SEEDS = (1, 2, 3)
 
 
 @pytest.fixture(scope='module')
 def up(tmp_path_factory):
-    "Two seeds; pruning adds 0.1 to members' scores (class 0 only for the gaps), SAMIA has extra signal, PPB (both kinds) undoes it."
-    return C.make_synthetic_grid(tmp_path_factory.mktemp('up'), seeds=(1, 2), sparsities=(0.5, 0.9), shift=0.1, samia_shift=0.2,
+    "Three seeds; pruning adds 0.1 to members' scores (class 0 only for the gaps), SAMIA has extra signal, PPB (both kinds) undoes it."
+    return C.make_synthetic_grid(tmp_path_factory.mktemp('up'), seeds=SEEDS, sparsities=(0.5, 0.9), shift=0.1, samia_shift=0.2,
                                  ppb=(False, True), shift_classes=[0])
 
 
 @pytest.fixture(scope='module')
 def up_tables(up):
-    return C.claim_tables(up, n_boot=NB)
+    return C.claim_tables(up)
 
 
-def test_shift_holds_everywhere(up_tables):
+def test_shift_is_raised_everywhere(up_tables):
     v = up_tables['verdicts'].set_index('claim')['verdict']
-    assert v['a'] == 'holds' and v['b:confidence'] == 'holds' and v['b:sensitivity'] == 'holds'
-    assert v['c:study_baselines'] == v['c:every_attack'] == 'holds'
-    assert v['d:non-adaptive'] == v['d:adaptive'] == 'holds'
+    assert v['a:conf'] == v['a:samia'] == 'raised' and v['b:confidence'] == 'raised'
+    assert v['c:study_baselines'] == 'raised'
+    assert v['d:non-adaptive'] == v['d:adaptive'] == 'lowered'
     r = up_tables['risk']
-    assert (r['lo'] > 0).all() and (r['n_seeds'] == 2).all()
-    assert r['strongest'].sum() == 2  # one per setting (two sparsities)
+    assert (r['lo'] > 0).all() and (r['n_seeds'] == 3).all() and set(r['interval']) == {'random effects, t(2)'}
+    assert sorted(r.loc[r['primary'], 'attack'].unique()) == ['conf', 'samia']  # conf stands in for the absent mentr
+    assert (r.loc[r['primary'], 'p_holm'] >= r.loc[r['primary'], 'p']).all() and r.loc[~r['primary'], 'p_holm'].isna().all()
 
 
 def test_per_class_gap_known(up_tables):
     bc = up_tables['gaps_by_class']
     conf = bc[(bc['quantity'] == 'confidence') & (bc['sparsity'] == 0.5)].set_index('class_name')
-    assert conf.loc['T-shirt/top', 'change'] == pytest.approx(0.1, abs=1e-9)  # class names of fashion_mnist
+    assert conf.loc['T-shirt/top', 'change'] == pytest.approx(0.1, abs=1e-9)
     assert conf.loc[['Trouser', 'Pullover'], 'change'].abs().max() < 1e-12
     gaps = up_tables['gaps']
-    assert (gaps['heterogeneity_p'] < 0.05).all() and (gaps['class_most_widened'] == 'T-shirt/top').all()
-    # the pooled gap change is the class-0 shift weighted by class 0's share of the members
-    assert gaps['change'].between(0.01, 0.1).all()
+    assert (gaps['heterogeneity_p_relative'] < 0.05).all() and (gaps['class_most_widened'] == 'T-shirt/top').all()
 
 
-def test_identical_pair_is_zero_and_needs_margin(tmp_path):
-    g = C.make_synthetic_grid(tmp_path / 'same', shift=0.0)
-    t = C.claim_tables(g, n_boot=NB)
-    r = t['risk']
-    assert np.allclose(r[['change', 'lo', 'hi']].to_numpy(), 0)
-    assert set(r['verdict']) == {'does not hold'}  # exactly 0 rules out a rise of MARGIN
-    assert set(C.claim_tables(g, n_boot=NB, margin=0.0)['risk']['verdict']) == {'inconclusive'}
+def test_relative_heterogeneity_sees_proportional_change_as_one():
+    h = C.class_heterogeneity([0.02, 0.04, 0.08], [0.002] * 3, [0.05, 0.10, 0.20])  # each class: 0.4 x its dense gap
+    assert h['p_absolute'] < 1e-6 and h['p_relative'] == pytest.approx(1.0) and h['slope'] == pytest.approx(0.4)
+    h = C.class_heterogeneity([0.08, 0.0, 0.0], [0.002] * 3, [0.05, 0.10, 0.20])
+    assert h['p_relative'] < 1e-6
 
 
-def test_independent_redraw_is_inconclusive(tmp_path):
-    r = C.claim_tables(C.make_synthetic_grid(tmp_path / 'redraw', n=200, shift=0.0, redraw=True), n_boot=NB)['risk']
-    assert ((r['lo'] < 0) & (r['hi'] > C.MARGIN)).all()
-    assert set(r['verdict']) == {'inconclusive'}
-    assert (r['mde'] > C.MARGIN).all()  # too small a victim to resolve 0.02: the MDE says so
+def _labels(tmp_path, name, **kw):
+    return set(C.claim_tables(C.make_synthetic_grid(tmp_path / name, seeds=SEEDS, **kw))['risk']['verdict'])
 
 
-def test_negative_shift_does_not_hold(tmp_path):
-    r = C.claim_tables(C.make_synthetic_grid(tmp_path / 'down', shift=-0.1), n_boot=NB)['risk']
-    assert set(r['verdict']) == {'does not hold'} and (r['hi'] < 0).all()
+def test_each_risk_label_reached(tmp_path):
+    "Constructed grids whose claim (a) rows take each label."
+    assert _labels(tmp_path, 'same', shift=0.0) == {'no change within the margin'}
+    assert _labels(tmp_path, 'noisy', n=200, shift=0.0, redraw=True) == {'inconclusive'}
+    assert _labels(tmp_path, 'down', shift=-0.1) == {'lowered'}
+    assert _labels(tmp_path, 'collapsed', acc_drop={0.5: 0.8}) == {'not tested'}
+    assert _labels(tmp_path, 'up', shift=0.1) == {'raised'}
 
 
-def test_not_learned_is_no_baseline(tmp_path):
-    g = C.make_synthetic_grid(tmp_path / 'nl', samia_shift=0.2, not_learned=('conf',))
-    t = C.claim_tables(g, n_boot=NB)
-    assert set(t['samia']['best_baseline']) == {'loss'}
+def test_below_the_margin_labels():
+    for (lo, hi), want in {(0.004, 0.012): 'raised, below the margin', (-0.012, -0.004): 'lowered, below the margin'}.items():
+        assert C.verdict_label(lo, hi, C.MARGIN)[0] == want
+
+
+def test_outside_the_regime_is_not_tested(tmp_path):
+    g = C.make_synthetic_grid(tmp_path / 'regime', seeds=SEEDS, acc_drop={0.5: 0.05})
+    s = pd.read_csv(g / 'summary.csv')
+    s.loc[s['model_state'] == 'pruned', 'train_acc'] = 0.9  # members no longer fitted, and 5 points of test accuracy lost
+    s.to_csv(g / 'summary.csv', index=False)
+    r = C.claim_tables(g)['risk']
+    assert set(r['verdict']) == {'not tested'} and r['reason'].str.startswith('outside the regime').all()
+    assert (r['change'] > 0).all()  # the change is still reported
+
+
+def test_not_learned_is_not_tested(tmp_path):
+    t = C.claim_tables(C.make_synthetic_grid(tmp_path / 'nl', seeds=SEEDS, samia_shift=0.2, not_learned=('samia',)))
+    assert set(t['samia']['verdict']) == {'not tested'}
     r = t['risk'].set_index('attack')
-    assert bool(r.loc['conf', 'not_learned']) and not bool(r.loc['conf', 'strongest'])
+    assert r.loc['samia', 'verdict'] == 'not tested' and r.loc['samia', 'reason'] == 'the attack did not learn'
 
 
-def test_ppb_accuracy_budget(up):
-    t = C.claim_tables(up, n_boot=NB, acc_budget=0.005)  # PPB costs 1 point: over budget
-    p = t['ppb']
-    assert set(p['verdict']) == {'holds'} and not p['accuracy_kept'].any() and set(p['claim_verdict']) == {'does not hold'}
-    assert p['acc_change'].to_numpy() == pytest.approx(-0.01)
+def test_ppb_reports_auc_and_accuracy_with_intervals(up):
+    p = C.claim_tables(up, acc_budget=0.005)['ppb']  # PPB costs exactly 1 point in every seed: over a half-point budget
+    assert set(p['verdict']) == {'lowered'} and set(p['accuracy']) == {'cost beyond 0.005'}
+    assert p['acc_change'].to_numpy() == pytest.approx(-0.01) and p['acc_lo'].to_numpy() == pytest.approx(-0.01)
+    assert set(C.claim_tables(up)['ppb']['accuracy']) == {'kept within 0.03'}
 
 
 def test_matched_accuracy(up_tables):
-    mt = up_tables['matched']
-    assert sorted(set(mt['sparsity'])) == [0.5]  # 0.5 loses 0.5 points, 0.9 loses 5
-    v = up_tables['verdicts'].set_index('claim')
-    assert v.loc['e', 'verdict'] == 'holds'
+    assert sorted(set(up_tables['matched']['sparsity'])) == [0.5]  # 0.5 loses 0.5 points, 0.9 loses 5
+    assert up_tables['verdicts'].set_index('claim').loc['e', 'verdict'] == 'raised'
 
 
-def test_no_match_says_so(tmp_path):
-    g = C.make_synthetic_grid(tmp_path / 'drop', acc_drop={0.5: 0.05})
-    v = C.claim_tables(g, n_boot=NB)['verdicts'].set_index('claim')
-    assert v.loc['e', 'verdict'] == 'no data' and 'no setting has pruned test accuracy within' in v.loc['e', 'detail']
+def test_identical_attacks_count_once(tmp_path):
+    g = C.make_synthetic_grid(tmp_path / 'dup', seeds=SEEDS)
+    s = pd.read_csv(g / 'summary.csv')
+    twin = s[s['attack'] == 'conf'].assign(attack='top1_conf')
+    pd.concat([s, twin]).to_csv(g / 'summary.csv', index=False)
+    shutil.rmtree(g / 'runs')  # from summary.csv: the twin's scores are not in scores.npz
+    t = C.claim_tables(g)
+    assert 'top1_conf' not in set(t['risk']['attack']) and t['risk'].attrs['identical_attacks'] == {'top1_conf': 'conf'}
+    assert t['risk'].set_index('attack').loc['conf', 'same_as'] == 'top1_conf'
 
 
-def test_write_then_load_without_runs(up, up_tables, tmp_path):
+def test_summary_source_matches_scores_per_seed(up, up_tables, tmp_path):
+    g = tmp_path / 'clone'
+    shutil.copytree(up, g); shutil.rmtree(g / 'runs')
+    t = C.claim_tables(g)
+    assert t['risk']['per_seed'].tolist() == up_tables['risk']['per_seed'].tolist()
+    assert t['risk'].attrs['source'] == 'summary' and t['gaps'].empty
+    assert t['verdicts'].set_index('claim').loc['b:confidence', 'verdict'] == 'not tested'
+    # Hanley-McNeil as if unpaired is an upper bound of the paired DeLong error
+    assert (t['risk']['member_se'].to_numpy() >= up_tables['risk']['member_se'].to_numpy()).all()
+
+
+def test_write_then_load_and_recompute(up, up_tables, tmp_path):
     g = tmp_path / 'g'
     shutil.copytree(up, g)
-    paths = C.write_claims_tables(g, n_boot=NB)
+    paths = C.write_claims_tables(g)
     assert {p.name for p in paths} == {f'{k}.csv' for k in C.TABLES} | {'claims.json', 'claims.md'}
     md = (C.claims_dir(g) / 'claims.md').read_text()
-    assert md.count('- **(') == len(up_tables['verdicts'])  # one verdict line per claim
-    shutil.rmtree(g / 'runs')  # a fresh clone: only the committed tables
+    assert md.count('- **(') == len(up_tables['verdicts'])
     back = C.load_claims(g)
-    assert list(back) == list(C.TABLES)
     assert back['verdicts']['verdict'].tolist() == up_tables['verdicts']['verdict'].tolist()
     assert np.allclose(back['ppb']['change'], up_tables['ppb']['change'])
-    assert back['risk'].attrs['n_boot'] == NB
-    with pytest.raises(ValueError, match='no runs/'): C.load_claims(g, recompute=True)
+    first = {p.name: p.read_bytes() for p in paths}
+    assert {p.name: p.read_bytes() for p in C.write_claims_tables(g)} == first  # deterministic: byte for byte
+
+
+def test_recorded_paths_are_relative(up, tmp_path):
+    "A grid run in /tmp records its folder from outputs/ on (or its name), never the absolute path (issue 22)."
+    g = tmp_path / 'deep' / 'outputs' / 'quick'
+    shutil.copytree(up, g)
+    C.write_claims_tables(g)
+    text = (C.claims_dir(g) / 'claims.md').read_text() + (C.claims_dir(g) / 'claims.json').read_text()
+    assert str(tmp_path) not in text and 'Grid `outputs/quick`' in text
+    assert C.load_claims(g)['risk'].attrs['grid'] == 'outputs/quick'
+    assert C._grid_label(Path(__file__).resolve().parents[1] / 'outputs' / 'study') == 'outputs/study'  # inside the repository
+
+
+def test_committed_study_tables_recompute_byte_for_byte(tmp_path):
+    "The committed claims tables are what the code computes from the committed summary.csv."
+    root = Path(__file__).resolve().parents[1]
+    for grid in ('study', 'quick'):
+        src = root / 'outputs' / grid
+        g = tmp_path / 'outputs' / grid
+        g.mkdir(parents=True); shutil.copy(src / 'summary.csv', g / 'summary.csv')
+        for p in C.write_claims_tables(g):
+            assert p.read_bytes() == (C.claims_dir(src) / p.name).read_bytes(), f'{grid}: {p.name} differs'
 
 
 def test_empty_tables_round_trip(tmp_path):
-    g = C.make_synthetic_grid(tmp_path / 'noppb')  # no PPB cells: an empty ppb table
-    C.write_claims_tables(g, n_boot=NB)
+    g = C.make_synthetic_grid(tmp_path / 'noppb', seeds=SEEDS)
+    C.write_claims_tables(g)
     back = C.load_claims(g)
     assert back['ppb'].empty and back['verdicts'].set_index('claim').loc['d:adaptive', 'verdict'] == 'no data'
 
@@ -123,19 +171,13 @@ def test_errors(tmp_path, up):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(ValueError, match='no summary.csv'): C.claim_tables(tmp_path / 'empty')
     with pytest.raises(ValueError, match='no claims tables'): C.load_claims(tmp_path / 'empty')
-    with pytest.raises(ValueError, match='recompute=True'): C.load_claims(up)  # runs but no tables: says how
-    with pytest.raises(ValueError, match='n_boot'): C.claim_tables(up, n_boot=10)
+    with pytest.raises(ValueError, match='recompute=True'): C.load_claims(up)
     with pytest.raises(ValueError, match='margin'): C.claim_tables(up, margin=-1)
-    # a summary without pruned rows
     g = tmp_path / 'dense_only'
     shutil.copytree(up, g)
     s = pd.read_csv(g / 'summary.csv')
     s[s['model_state'] == 'dense'].to_csv(g / 'summary.csv', index=False)
-    with pytest.raises(ValueError, match="no row with model_state 'pruned'"): C.claim_tables(g, n_boot=NB)
-    # no runs folder
-    h = tmp_path / 'no_runs'
-    shutil.copytree(up, h); shutil.rmtree(h / 'runs')
-    with pytest.raises(ValueError, match='no runs/ folder'): C.claim_tables(h)
+    with pytest.raises(ValueError, match="no row with model_state 'pruned'"): C.claim_tables(g)
 
 
 def test_mismatched_states_refused(tmp_path):
@@ -145,38 +187,39 @@ def test_mismatched_states_refused(tmp_path):
     arr['pruned__index'] = arr['pruned__index'][::-1].copy()
     np.savez(rd / 'scores.npz', **arr)
     with pytest.warns(UserWarning, match='left out'), pytest.raises(ValueError, match='usable run folder'):
-        C.claim_tables(g, n_boot=NB)
+        C.claim_tables(g)
 
 
 def test_ppb_cells_must_share_members(tmp_path):
-    g = C.make_synthetic_grid(tmp_path / 'split', seeds=(1,), ppb=(False,))
+    g = C.make_synthetic_grid(tmp_path / 'split', seeds=(1, 2), ppb=(False,))
     rd = next(p for p in (g / 'runs').iterdir() if '-ppb' in p.name)
     with np.load(rd / 'scores.npz') as z: arr = {k: z[k] for k in z.files}
     for s in ('dense', 'pruned'): arr[f'{s}__is_member'] = ~arr[f'{s}__is_member']
     np.savez(rd / 'scores.npz', **arr)
-    with pytest.raises(ValueError, match='same victim members'): C.claim_tables(g, n_boot=NB)
+    with pytest.raises(ValueError, match='same victim members'): C.claim_tables(g)
 
 
 def test_duplicate_seed_in_a_setting_refused(tmp_path, up):
     g = tmp_path / 'dup'
     shutil.copytree(up, g)
     s = pd.read_csv(g / 'summary.csv')
-    s.loc[s['cell_id'].str.contains('-0.9-none-s2'), 'sparsity'] = 0.5  # two cells now claim sparsity 0.5, seed 2
+    s.loc[s['cell_id'].str.contains('-0.9-none-s2'), 'sparsity'] = 0.5
     s.to_csv(g / 'summary.csv', index=False)
-    with pytest.raises(ValueError, match='share setting'): C.claim_tables(g, n_boot=NB)
+    with pytest.raises(ValueError, match='share setting'): C.claim_tables(g)
 
 
 def test_torch_free(up, tmp_path):
     code = ('import sys; from mia_pruning.claims import claim_tables, write_claims_tables, load_claims; '
-            f'write_claims_tables({str(up)!r}, out={str(tmp_path / "t")!r}, n_boot=100); '
+            f'write_claims_tables({str(up)!r}, out={str(tmp_path / "t")!r}); '
             "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and 'ok' in r.stdout, r.stderr[-2000:]
 
 
 def test_overall_verdict():
-    assert C.overall_verdict(['holds', 'holds']) == 'holds'
-    assert C.overall_verdict(['does not hold', 'inconclusive']) == 'does not hold'  # nowhere shown, somewhere ruled out
-    assert C.overall_verdict(['holds', 'does not hold']) == 'mixed'
-    assert C.overall_verdict(['holds', 'inconclusive']) == 'mixed'
+    assert C.overall_verdict(['raised', 'raised']) == 'raised'
+    assert C.overall_verdict(['raised', 'not tested']) == 'raised'  # rows that are no test do not vote
+    assert C.overall_verdict(['raised', 'inconclusive']) == 'mixed'
+    assert C.overall_verdict(['not tested']) == 'not tested'
     assert C.overall_verdict([]) == 'no data'
+    assert set(LABELS) >= {'raised', 'raised, below the margin', 'no change within the margin', 'lowered', 'inconclusive', 'not tested'}

@@ -56,9 +56,9 @@ def test_values_are_typed_after_the_defaults():
     (['report', 'nowhere'], 'is not a grid output folder'),
     (['run', 'dataset=digits', f'device={ABSENT_CUDA}'], f"device '{ABSENT_CUDA}'"),  # issue 11: was a traceback, exit 1
     (['run', 'dataset=digits', 'device=cuda:abc'], "device 'cuda:abc'"),
-    (['run', 'dataset=digits', '--timeout', '0'], 'timeout must be a positive number'),
-    (['run', 'dataset=digits', '--timeout', '-5'], 'timeout must be a positive number'),
-    (['run', 'dataset=digits', '--timeout', 'nan'], 'timeout must be a positive number'),
+    (['run', 'dataset=digits', '--timeout', '0'], 'timeout must be a positive whole number'),
+    (['run', 'dataset=digits', '--timeout', '-5'], 'timeout must be a positive whole number'),
+    (['run', 'dataset=digits', '--timeout', 'nan'], 'timeout must be a positive whole number'),
     (['run', 'seed=4294967296'], 'seed'),
     (['run', 'seed=18446744073709551616'], 'seed'),
     (['run', 'threads=1025'], 'threads'),
@@ -96,8 +96,10 @@ def test_bad_yaml_exits_2(tmp_path, capsys):
 def test_dry_run_lists_cells(capsys):
     code, out, err = run(['grid', '--preset', 'quick', '--dry-run'], capsys)
     lines = out.strip().splitlines()
-    assert code == 0 and len(lines) == 17 and lines[-1].startswith('16 valid cell(s)')
+    assert code == 0 and lines[16].startswith('16 valid cell(s)')
     assert lines[0].split()[1:] == ['prune_method=l1_unstructured', 'sparsity=0.5', 'defense=none']
+    plan = '\n'.join(lines[17:])  # then what it will train and fit, and an estimate of its wall time here
+    assert '80 distinct model(s) to train' in plan and 'attack fit(s)' in plan and 'estimated wall time:' in plan, plan
 
 
 def test_held_folder_exits_2(tmp_path, capsys, stub):

@@ -15,7 +15,7 @@ RNG = np.random.RandomState(0)
 
 def test_registry_has_every_name_of_the_contract():
     assert set(DATASETS) == {'digits', 'fashion_mnist', 'cifar10', 'cifar100', 'svhn', 'chmnist', 'purchase100',
-                             'texas100', 'location'}
+                             'texas100', 'location', 'letter', 'dna', 'satellite'}
 
 
 def test_unknown_name_lists_the_known_ones():

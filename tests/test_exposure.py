@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from mia_pruning.core import save_json, save_arrays, load_arrays
+from mia_pruning.runs import finish_run
 from mia_pruning.exposure import (per_sample_scores, exposure, exposure_counts, fpr_threshold, class_names, exposure_table,
                                   plot_exposure_scatter, plot_score_change, plot_class_exposure, plot_newly_exposed,
                                   plot_exposed_images, most_exposed, write_exposure_report, default_exposure_attacks,
@@ -33,6 +34,8 @@ def write_run(grid, name, dense, pruned, member, labels=None, index=None, attack
             arrays[f'{s}__score__{a}'] = np.asarray(sc, np.float64)
             arrays[f'{s}__pred__{a}'] = np.asarray(sc) > 1
     save_arrays(rd / 'scores.npz', **arrays)
+    save_json(rd / 'rows.json', []); save_json(rd / 'metrics.json', {})
+    finish_run(rd, name, notebook=False)  # certified, as the grid's driver certifies a finished run (exposure reads only those)
     return rd
 
 
@@ -149,10 +152,10 @@ def test_incomplete_runs_skipped_with_warning(grid):
 def test_mismatched_index_refused(tmp_path):
     rd = write_run(tmp_path, 'x', *known_cell(3, 1, 2))
     z = load_arrays(rd / 'scores.npz'); z['pruned__index'] = z['pruned__index'][::-1].copy()
-    save_arrays(rd / 'scores.npz', **z)
+    save_arrays(rd / 'scores.npz', **z); finish_run(rd, notebook=False)
     with pytest.raises(ValueError, match='same victim samples in the same order'): per_sample_scores(tmp_path, ATTACK)
     z['pruned__index'] = z['dense__index']; z['pruned__is_member'] = ~z['dense__is_member']
-    save_arrays(rd / 'scores.npz', **z)
+    save_arrays(rd / 'scores.npz', **z); finish_run(rd, notebook=False)
     with pytest.raises(ValueError, match='is_member arrays differ'): per_sample_scores(tmp_path, ATTACK)
 
 

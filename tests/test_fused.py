@@ -130,10 +130,3 @@ def test_dense_models_fused_switch(tmp_path):
     assert 'fused' not in dense_key(ds, seq.splits.victim, 'mlp', cfg, 1, 'victim')
     again = dense_models(ds, 'mlp', num_shadows=2, cfg=cfg, cache=cache, device='cpu', progress=False, fused=True)
     assert again.records == fz.records  # loaded, not retrained
-
-def test_bench_fused_gpu_says_not_run_without_cuda(tmp_path):
-    "Without CUDA the GPU-suite figure is a record with a 'not run' note and no figures (no fake number)."
-    from mia_pruning.fused import bench_fused_gpu
-    rec = bench_fused_gpu(out=tmp_path, device='cpu')
-    assert rec['figures'] == [] and rec['notes'].startswith('not run')
-    assert (tmp_path / 'fused_gpu.json').exists()

@@ -83,4 +83,4 @@ def test_one_key_definition():
     src = {p.name: p.read_text() for p in pathlib.Path(P.__file__).parent.glob('*.py') if p.name != '_modidx.py'}
     builds = [n for n, s in src.items() for _ in re.finditer(r"get_or_build\(\s*'(dp_)?pruned_model'", s)]
     assert builds == ['pruned.py']
-    assert sum(len(re.findall(r"'recipe': cfg\.key\(\) if method == 'imp'", s)) for s in src.values()) == 1  # the recipe part of the key
+    assert sum(len(re.findall(r"'recipe': cfg\.key\(\) if PRUNE_METHODS\[method\]\.needs_data", s)) for s in src.values()) == 1  # the recipe part of the key

@@ -337,7 +337,7 @@ CATALOGUE = [
     Bad('grid_over_the_cell_cap', _grid({'name': 'g', 'fixed': GBASE, 'axes': {'seed': list(range(1000)), 'epochs': list(range(1000))}}),
         ValueError, ['1,000,000 cells, more than the cap of 100,000', 'max_cells=1000000', '--max-cells'], setup=_existing_grid),
     # ---- bad values, refused before anything runs
-    Bad('grid_timeout_zero', _grid({'name': 'g', 'fixed': GBASE}, timeout=0), ValueError, ['timeout must be a positive number', 'got 0'],
+    Bad('grid_timeout_zero', _grid({'name': 'g', 'fixed': GBASE}, timeout=0), ValueError, ['timeout must be a positive whole number', 'got 0'],
         setup=_existing_grid),
     Bad('grid_timeout_nan', _grid({'name': 'g', 'fixed': GBASE}, timeout=float('nan')), ValueError, ['timeout', 'nan'], setup=_existing_grid),
     Bad('grid_device_absent', _grid({'name': 'g', 'fixed': {**GBASE, 'device': ABSENT_CUDA}}), ValueError,

@@ -58,7 +58,9 @@ def grid_dir(tmp_path):
     run = out / 'runs' / 'c-l1_unstructured-0.7-none-7'
     save_arrays(run / 'scores.npz', **arrays)
     save_json(run / 'params.json', {'params': dict(dataset='digits', arch='cnn', prune_method='l1_unstructured', sparsity=0.7,
-                                                   defense='none', adaptive=False, seed=7, subsample=0), 'provenance': {}})
+                                                   defense='none', adaptive=False, seed=7, subsample=0), 'provenance': {'cell_id': run.name}})
+    save_json(run / 'rows.json', []); save_json(run / 'metrics.json', {})
+    finish_run(run, notebook=False)  # a complete run: the per-sample analyses read only those
     return out
 
 
