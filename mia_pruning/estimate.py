@@ -4,7 +4,7 @@
 
 # %% ../nbs/11b_estimate.ipynb #a182babd
 from __future__ import annotations
-import os, sys, time, math, socket, subprocess, statistics
+import ast, os, sys, time, math, socket, subprocess, statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -159,8 +159,8 @@ def _data_unit(dataset, subsample, seed, data_root) -> float:
 def _measure(key: str, z: dict) -> float | dict:
     "Measure the unit named `key` (see `unit_keys`)."
     kind, *a = key.split('|')
-    if kind == 'model': return _model_unit(a[0], eval(a[1]), int(a[2]), a[3] == 'True', z)
-    if kind == 'finetune': return _finetune_unit(a[0], eval(a[1]), int(a[2]), a[3] == 'True', a[4], a[5], z)
+    if kind == 'model': return _model_unit(a[0], ast.literal_eval(a[1]), int(a[2]), a[3] == 'True', z)
+    if kind == 'finetune': return _finetune_unit(a[0], ast.literal_eval(a[1]), int(a[2]), a[3] == 'True', a[4], a[5], z)
     if kind == 'attack': return _attack_unit(a[0], int(a[1]), a[2], int(a[3]), z)
     if kind == 'boot': return _boot_unit(z)
     if kind == 'startup': return _startup_unit()

@@ -47,6 +47,7 @@ def undeclared_imports(modules=None) -> list[str]:
     out = []
     for name, mod in sorted((modules if modules is not None else sys.modules).items()):
         if '.' in name or name in sys.stdlib_module_names or name in sys.builtin_module_names or name.startswith('__'): continue
+        if name in ('sitecustomize', 'usercustomize'): continue  # the interpreter's own start-up hooks (Debian ships one), not a package
         f = os.path.realpath(getattr(mod, '__file__', None) or '')
         if not f or f.startswith(here) or any(f.startswith(s + os.sep) and 'site-packages' not in f for s in stdlib): continue
         parts = f.split(os.sep)

@@ -33,8 +33,8 @@ def test_values_are_typed_after_the_defaults():
     p = cli.parse_assignments(['sparsity=1', 'seed=11', 'adaptive=TRUE', 'dense_shadows=0', 'data_root=007', 'attacks=gap,conf'])
     assert p == {'sparsity': 1.0, 'seed': 11, 'adaptive': True, 'dense_shadows': False, 'data_root': '007', 'attacks': 'gap,conf'}
     assert type(p['sparsity']) is float and type(p['seed']) is int
-    for bad, msg in [(['sparsty=0.5'], "did you mean 'sparsity'"), (['seed=1.5'], 'seed takes a int'),
-                     (['sparsity=high'], 'sparsity takes a float'), (['adaptive=2'], 'true/false'),
+    for bad, msg in [(['sparsty=0.5'], "did you mean 'sparsity'"), (['seed=1.5'], 'seed takes an integer'),
+                     (['sparsity=high'], 'sparsity takes a number'), (['adaptive=2'], 'true/false'),
                      (['seed'], 'expected key=value'), (['seed=1', 'seed=2'], 'given twice')]:
         with pytest.raises(ValueError, match=msg): cli.parse_assignments(bad)
     assert set(cli.parse_assignments([f'{k}={v}' for k, v in CELL_DEFAULTS.items()])) == set(CELL_DEFAULTS)
@@ -51,7 +51,7 @@ def test_values_are_typed_after_the_defaults():
     (['run', 'prune_method=l1_structured', 'arch=mlp'], 'Conv2d'),
     (['run', 'defense=dropout'], "unknown defense 'dropout'"),
     (['run', 'sparsty=0.5'], "did you mean 'sparsity'"),
-    (['run', 'seed=x'], 'seed takes a int'),
+    (['run', 'seed=x'], 'seed takes an integer'),
     (['run', '--name', '../up', 'seed=1'], 'is not allowed'),
     (['report', 'nowhere'], 'is not a grid output folder'),
     (['run', 'dataset=digits', f'device={ABSENT_CUDA}'], f"device '{ABSENT_CUDA}'"),  # issue 11: was a traceback, exit 1
