@@ -14,6 +14,7 @@ import torch.nn as nn
 from scipy.special import expit, log_ndtr
 from tqdm.auto import tqdm
 from .core import get_device, in_test, ArtifactCache
+from .plugins import Registry
 from .data import Split
 from .features import AttackData, attack_data_for, bar_disabled
 from .models import init_weights
@@ -23,16 +24,18 @@ from .train import TrainConfig, default_train_config, train_cached
 
 
 # %% auto #0
-__all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN', 'TWO_RELEASE_MIN_ROWS', 'ATTACKS',
-           'CHECK_KEYS', 'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value',
-           'loss_value', 'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features',
-           'SAMIA', 'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model',
-           'member_probability', 'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval',
-           'plain_train_attack_model', 'lira_valid', 'lira_scores', 'rmia_valid', 'rmia_scores', 'lsc_from_py',
-           'qmia_features', 'qmia_margin', 'qmia_min_population', 'synthetic_release_pair', 'out_reference_sd', 'ref_z',
-           'TwoReleaseFeatures', 'two_release_features', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks',
-           'check_requirements', 'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data',
-           'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
+__all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN', 'TWO_RELEASE_MIN_ROWS',
+           'MULTI_RELEASE_MIN_OTHERS', 'ATTACKED', 'ATTACKS', 'CHECK_KEYS', 'synthetic_attack_data', 'gap_value',
+           'conf_value', 'entropy_value', 'mentr_value', 'loss_value', 'fit_class_thresholds', 'AttackMLP',
+           'nn_features', 'nn_top3_features', 'nn_cls_features', 'SAMIA', 'samia_features', 'default_attack_epochs',
+           'attack_milestones', 'train_attack_model', 'member_probability', 'recipe_for', 'tuned_inputs',
+           'stratified_holdout', 'balanced_accuracy_interval', 'plain_train_attack_model', 'lira_valid', 'lira_scores',
+           'rmia_valid', 'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population',
+           'synthetic_releases', 'synthetic_release_pair', 'out_reference_sd', 'ref_z', 'TwoReleaseFeatures',
+           'two_release_features', 'multi_release_features', 'AttackContext', 'Attack', 'AttackResult',
+           'resolve_attacks', 'check_requirements', 'training_check', 'run_attacks', 'results_frame',
+           'shadow_attack_data', 'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask',
+           'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -460,44 +463,60 @@ def qmia_min_population(alpha: float) -> int:
 
 
 # %% ../nbs/06_attacks.ipynb #ad0bb29f
-def synthetic_release_pair(n: int = 2000, # records (half members)
-                           num_refs: int = 4, # reference models per record (each with a dense and a pruned release)
-                           ref_in_frac: float = 0.0, # chance that a reference trained on a record (0: all OUT, as on the victim side; overlapping shadows: about 0.45)
-                           dense_shift: float = 0.0, # members' logit-scaled confidence gain in the dense release
-                           pruned_shift: float = 0.0, # members' gain in the pruned release
-                           shared: float = 1.0, # correlation of a model's dense and pruned noise (1: the pruned release is fine-tuned from the dense one)
-                           noise: float = 1.0, # per-model noise of the confidence
-                           change_noise: float = 0.3, # extra noise that pruning adds to each record
-                           spread: float = 1.5, # spread of difficulty across records
-                           base: float = 1.0, # mean difficulty (logit-scaled confidence of a non-member)
-                           num_pop: int = 200, # RMIA population records (0 = none)
-                           seed: int = 0, # seed
-                          ) -> AttackData:
-    "The pruned release's `AttackData` with `.other` = the dense one, references and population included: a known two-release case."
+def synthetic_releases(n: int = 2000, # records (half members)
+                       shifts: Sequence[float] = (0.0, 0.0, 0.0), # members' logit-scaled confidence gain per release: the dense one first, the attacked (pruned) one last
+                       names: Sequence[str] | None = None, # names of the releases before the attacked one (default: 'dense', 'pruned1', 'pruned2', ...)
+                       num_refs: int = 4, # reference models per record (each with every release)
+                       ref_in_frac: float = 0.0, # chance that a reference trained on a record (0: all OUT, as on the victim side; overlapping shadows: about 0.45)
+                       shared: float = 1.0, # correlation of a model's noise across its releases (1: each pruned release is fine-tuned from the dense one)
+                       noise: float = 1.0, # per-model noise of the confidence
+                       change_noise: float = 0.3, # extra noise that pruning adds to each record
+                       spread: float = 1.5, # spread of difficulty across records
+                       base: float = 1.0, # mean difficulty (logit-scaled confidence of a non-member)
+                       num_pop: int = 200, # RMIA population records (0 = none)
+                       seed: int = 0, # seed
+                      ) -> AttackData:
+    "The attacked (last) release's `AttackData`; `.other` = the dense release, `.others` = every release before it by name: a known case."
+    R = len(shifts)
+    if R < 2: raise ValueError(f'shifts must give at least 2 releases (the dense one and the attacked one), got {R}')
+    names = ('dense', *(f'pruned{k}' for k in range(1, R - 1))) if names is None else tuple(names)
+    if len(names) != R - 1: raise ValueError(f'names must name the {R - 1} releases before the attacked one, got {list(names)}')
     rng = np.random.default_rng(seed)
     member = rng.permutation(np.arange(n) < n // 2)
     y = rng.integers(0, 2, n)
-    def releases(d, gain_in):  # (dense, pruned) logit-scaled confidence of one model per column of `gain_in`
+    def releases(d, gain_in):  # logit-scaled confidence of one model per column of `gain_in`, through each release
         e = rng.normal(0, noise, d.shape)
-        dense = d + dense_shift * gain_in + e
-        own = shared * e + math.sqrt(max(1 - shared ** 2, 0.0)) * rng.normal(0, noise, d.shape)
-        return dense, d - 0.5 + pruned_shift * gain_in + own + rng.normal(0, change_noise, d.shape)
+        out = [d + shifts[0] * gain_in + e]
+        for s in shifts[1:]:
+            own = shared * e + math.sqrt(max(1 - shared ** 2, 0.0)) * rng.normal(0, noise, d.shape)
+            out.append(d - 0.5 + s * gain_in + own + rng.normal(0, change_noise, d.shape))
+        return out
     d = rng.normal(base, spread, n)
     rin = rng.random((n, num_refs)) < ref_in_frac
-    ld, lp = releases(d, member.astype(float))
-    rd, rp = releases(np.repeat(d[:, None], num_refs, 1), rin.astype(float))
+    rec = releases(d, member.astype(float))
+    ref = releases(np.repeat(d[:, None], num_refs, 1), rin.astype(float))
     dz = rng.normal(base, spread, num_pop)
-    zd, zp = releases(dz, np.zeros(num_pop))
-    zrd, zrp = releases(np.repeat(dz[:, None], num_refs, 1), np.zeros((num_pop, num_refs)))
-    def side(lsc, ref, pop, pop_ref):
-        p = expit(lsc)
-        kw = dict(probs=np.where(np.eye(2, dtype=bool)[y], p[:, None], 1 - p[:, None]), labels=y, is_member=member, lsc=lsc)
-        if num_refs: kw.update(ref_lsc=ref, ref_py=expit(ref), ref_in=rin)
+    pop = releases(dz, np.zeros(num_pop))
+    pop_ref = releases(np.repeat(dz[:, None], num_refs, 1), np.zeros((num_pop, num_refs)))
+    def side(r):
+        p = expit(rec[r])
+        kw = dict(probs=np.where(np.eye(2, dtype=bool)[y], p[:, None], 1 - p[:, None]), labels=y, is_member=member, lsc=rec[r])
+        if num_refs: kw.update(ref_lsc=ref[r], ref_py=expit(ref[r]), ref_in=rin)
         if num_pop:
-            kw.update(pop_py=expit(pop)[None], pop_labels=rng.integers(0, 2, num_pop)[None])
-            if num_refs: kw['pop_ref_py'] = expit(pop_ref)[None]
+            kw.update(pop_py=expit(pop[r])[None], pop_labels=rng.integers(0, 2, num_pop)[None])
+            if num_refs: kw['pop_ref_py'] = expit(pop_ref[r])[None]
         return AttackData(**kw)
-    return side(lp, rp, zp, zrp).with_other(side(ld, rd, zd, zrd))
+    attacked = side(R - 1)
+    before = [side(r) for r in range(R - 1)]
+    return attacked.with_other(before[0]).with_others(dict(zip(names, before)))
+
+def synthetic_release_pair(n: int = 2000, # records (half members)
+                           dense_shift: float = 0.0, # members' logit-scaled confidence gain in the dense release
+                           pruned_shift: float = 0.0, # members' gain in the pruned release
+                           **kw, # the rest of `synthetic_releases`' parameters: num_refs, ref_in_frac, shared, noise, change_noise, spread, base, num_pop, seed
+                          ) -> AttackData:
+    "The pruned release's `AttackData` with `.other` = the dense one, references and population included: a known two-release case."
+    return synthetic_releases(n, (dense_shift, pruned_shift), **kw).with_others({})
 
 def out_reference_sd(*sides: AttackData) -> tuple[float, int]:
     "The OUT references' standard deviation of logit-scaled confidence, pooled within records over every record of `sides`, and its degrees of freedom (0: not estimable, NaN)."
@@ -519,7 +538,7 @@ TWO_RELEASE_MIN_ROWS = 20  # shadow members and non-members a feature block need
 
 @dataclass(frozen=True)
 class TwoReleaseFeatures:
-    "The two-release attack's inputs: one column per feature, computed the same way on the shadow and the target side."
+    "The release attacks' inputs (two_release, multi_release): one column per feature, computed the same way on the shadow and the target side."
     names: tuple  # column names
     shadow: np.ndarray  # (n_shadow, k); NaN where a record lacks a statistic (see `shadow_rows`)
     target: np.ndarray  # (n_target, k); a missing statistic filled with the fitted shadow rows' median
@@ -527,22 +546,21 @@ class TwoReleaseFeatures:
     lira_sd: dict  # release -> the one OUT standard deviation of its z-scores (1.0 where none could be estimated)
     notes: tuple  # what was left out or filled, and why
 
-def two_release_features(shadow: AttackData, # pooled shadow records, `.other` = the same records through the other (dense) release
-                         target: AttackData, # the victim's records, `.other` likewise
-                         a: float = 0.3, # RMIA's offline scaling
-                        ) -> TwoReleaseFeatures:
-    "Per release: logit-scaled confidence, offline-LiRA z and RMIA score, and each one's change between the releases."
-    for side, d in (('shadow', shadow), ('target', target)):
-        if d.other is None: raise ValueError(f'two_release_features needs AttackData.other on the {side} side: the same records scored by the other release')
+def _release_features(releases: dict, # release name -> (shadow AttackData, target AttackData): the same records through that release
+                      changes: dict, # column suffix -> (release, base release): a column `stat(release) - stat(base)` per statistic
+                      a: float = 0.3, # RMIA's offline scaling
+                     ) -> TwoReleaseFeatures:
+    "Per release: logit-scaled confidence, offline-LiRA z and RMIA score (each release's own OUT sd, shared by both sides), and the named changes."
     cols, notes, sds = {}, [], {}
-    def block(name, f):  # three columns: dense, pruned, change; each f(d) -> (n,)
-        (sd_, sp_), (td, tp) = [(f(s.other, 'dense'), f(s, 'pruned')) for s in (shadow, target)]
-        for col, s_, t_ in ((f'{name}_dense', sd_, td), (f'{name}_pruned', sp_, tp), (f'{name}_change', sp_ - sd_, tp - td)): cols[col] = (s_, t_)
+    def block(name, f):  # a column per release, then one per change; each f(d, release) -> (n,)
+        vals = {rel: (f(s, rel), f(t, rel)) for rel, (s, t) in releases.items()}
+        for rel, v in vals.items(): cols[f'{name}_{rel}'] = v
+        for suffix, (rel, b) in changes.items(): cols[f'{name}_{suffix}'] = (vals[rel][0] - vals[b][0], vals[rel][1] - vals[b][1])
     block('lsc', lambda d, rel: d.lsc)
-    four = dict(zip(('shadow (pruned)', 'shadow (dense)', 'target (pruned)', 'target (dense)'), (shadow, shadow.other, target, target.other)))
-    lacking = lambda *ks: ', '.join(n for n, d in four.items() if any(getattr(d, k) is None for k in ks))
+    every = {f'{side} ({rel})': pair[k] for k, side in enumerate(('shadow', 'target')) for rel, pair in releases.items()}
+    lacking = lambda *ks: ', '.join(n for n, d in every.items() if any(getattr(d, k) is None for k in ks))
     if not lacking('ref_lsc'):
-        for rel, pair in (('dense', (shadow.other, target.other)), ('pruned', (shadow, target))):
+        for rel, pair in releases.items():
             sd, dof = out_reference_sd(*pair)
             if not dof or not sd > 1e-6:
                 notes.append(f'lira_z: no record of the {rel} release has 2 OUT references with distinct values, so no variance can be '
@@ -552,6 +570,7 @@ def two_release_features(shadow: AttackData, # pooled shadow records, `.other` =
     else: notes.append(f"lira_z: left out: {lacking('ref_lsc')} carry no reference models")
     if not lacking('ref_py', 'pop_ref_py'): block('rmia', lambda d, rel: rmia_scores(d.py, d.ref_py, d.ref_in, d.group, d.pop_py, d.pop_ref_py, a))
     else: notes.append(f"rmia: left out: {lacking('ref_py', 'pop_ref_py')} carry no reference or population statistics")
+    shadow = next(iter(releases.values()))[0]
     ok = np.ones(len(shadow), bool)
     for prefix in ('lira_z', 'rmia'):  # a block is fitted on the shadow records that have its statistic
         names = [c for c in cols if c.startswith(prefix)]
@@ -572,16 +591,57 @@ def two_release_features(shadow: AttackData, # pooled shadow records, `.other` =
         notes.append(f'{int(bad.any(1).sum())} target records lack a statistic (no OUT reference): filled with the shadow median')
     return TwoReleaseFeatures(tuple(cols), xs, xt, np.flatnonzero(ok), sds, tuple(notes))
 
-def _two_release(shadow: AttackData, target: AttackData, ctx: AttackContext, C: float = 1.0):
+def two_release_features(shadow: AttackData, # pooled shadow records, `.other` = the same records through the other (dense) release
+                         target: AttackData, # the victim's records, `.other` likewise
+                         a: float = 0.3, # RMIA's offline scaling
+                        ) -> TwoReleaseFeatures:
+    "Per release: logit-scaled confidence, offline-LiRA z and RMIA score, and each one's change between the releases."
+    for side, d in (('shadow', shadow), ('target', target)):
+        if d.other is None: raise ValueError(f'two_release_features needs AttackData.other on the {side} side: the same records scored by the other release')
+    return _release_features({'dense': (shadow.other, target.other), 'pruned': (shadow, target)}, {'change': ('pruned', 'dense')}, a)
+
+MULTI_RELEASE_MIN_OTHERS = 2  # other releases besides the attacked one that multi_release needs (one: that is two_release)
+ATTACKED = 'attacked'  # the attacked release's name in multi_release's columns
+
+def _other_releases(shadow: AttackData, target: AttackData) -> list[str]:
+    "The names of the other releases both sides carry (the shadow side's order); a ValueError when the sides differ."
+    for side, d in (('shadow', shadow), ('target', target)):
+        if not d.others: raise ValueError(f'multi_release needs AttackData.others on the {side} side: the same records scored by the other '
+                                          'releases (AttackData.with_others)')
+    if set(shadow.release_names) != set(target.release_names):
+        raise ValueError(f'multi_release needs the same other releases on the shadow and the target side; the shadow side has '
+                         f'{list(shadow.release_names)}, the target side {list(target.release_names)}')
+    if ATTACKED in shadow.release_names: raise ValueError(f'{ATTACKED!r} names the attacked release; give the other releases other names')
+    return list(shadow.release_names)
+
+def multi_release_features(shadow: AttackData, # pooled shadow records of the attacked release, `.others` = the same records through the other releases
+                           target: AttackData, # the victim's records, `.others` likewise (the same release names)
+                           a: float = 0.3, # RMIA's offline scaling
+                          ) -> TwoReleaseFeatures:
+    "Per release (the attacked one and each of `.others`): lsc, offline-LiRA z and RMIA score, and each one's change from the dense release."
+    names = _other_releases(shadow, target)
+    rels = {ATTACKED: (shadow, target), **{k: (shadow.releases[k], target.releases[k]) for k in names}}
+    base = 'dense' if 'dense' in names else names[0]  # changes are taken from the dense release (else the first one named)
+    return _release_features(rels, {f'change_{r}': (r, base) for r in rels if r != base}, a)
+
+def _release_regression(f: TwoReleaseFeatures, shadow: AttackData, target: AttackData, C: float):
+    "A class-balanced logistic regression on the shadow rows of `f`, applied to the target: scores, decisions, info."
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    f = two_release_features(shadow, target)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight='balanced', max_iter=2000))
     clf.fit(f.shadow[f.shadow_rows], shadow.is_member[f.shadow_rows])
     s = clf.decision_function(f.target)
     return s, s >= 0, {'features': list(f.names), 'coef': [float(c) for c in clf[-1].coef_.ravel()], 'num_refs': target.num_refs,
                        'shadow_rows': int(len(f.shadow_rows)), 'lira_sd': {k: float(v) for k, v in f.lira_sd.items()}, 'notes': list(f.notes)}
+
+def _two_release(shadow: AttackData, target: AttackData, ctx: AttackContext, C: float = 1.0):
+    return _release_regression(two_release_features(shadow, target), shadow, target, C)
+
+def _multi_release(shadow: AttackData, target: AttackData, ctx: AttackContext, C: float = 1.0):
+    s, dec, info = _release_regression(multi_release_features(shadow, target), shadow, target, C)
+    return s, dec, {**info, 'releases': [ATTACKED, *_other_releases(shadow, target)]}
+
 
 # %% ../nbs/06_attacks.ipynb #573c1e26
 @dataclass
@@ -686,16 +746,17 @@ class Attack:
     "A registered attack: its function, kind, requirements and reference."
     name: str
     fn: Callable
-    kind: str  # 'threshold' | 'learned' | 'reference' | 'quantile' | 'two_release'
+    kind: str  # 'threshold' | 'learned' | 'reference' | 'quantile' | 'two_release' | 'multi_release'
     citation: str
     needs_sensitivity: bool = False
+    several_releases: bool = False  # reads AttackData.others: in 'all' only where the records carry other releases
     options: tuple = ()  # option names accepted through run_attacks(options={name: {...}})
 
 def _attack(name, fn, kind, citation, **kw):
     opts = tuple(p for p in list(inspect.signature(fn).parameters)[3:])
     return Attack(name, fn, kind, citation, options=opts, **kw)
 
-ATTACKS = {a.name: a for a in [
+ATTACKS = Registry('attack', {a.name: a for a in [
     _attack('gap', _gap, 'threshold', 'Yeom et al. 2018'),
     _attack('conf', _threshold_attack(conf_value, True), 'threshold', 'Song & Mittal 2021'),
     _attack('entropy', _threshold_attack(entropy_value, True), 'threshold', 'Song & Mittal 2021'),
@@ -712,7 +773,8 @@ ATTACKS = {a.name: a for a in [
     _attack('rmia', _rmia, 'reference', 'Zarifzadeh et al. 2024'),
     _attack('qmia', _qmia, 'quantile', 'Bertran et al. 2023'),
     _attack('two_release', _two_release, 'two_release', 'CompLeak-style two-release adversary (this package)'),
-]}
+    _attack('multi_release', _multi_release, 'multi_release', 'CompLeak-style multi-release adversary (this package)', several_releases=True),
+]}, entry_type=Attack)
 
 
 # %% ../nbs/06_attacks.ipynb #d693fec4
@@ -731,10 +793,13 @@ class AttackResult:
         return {'attack': self.name, 'kind': ATTACKS[self.name].kind if self.name in ATTACKS else None,
                 **self.metrics, 'seconds': self.seconds}
 
-def resolve_attacks(names) -> list[str]:
+def resolve_attacks(names, # 'all', one name, a comma-separated string or a list of names
+                    releases: bool = False, # the records carry several other releases: 'all' then includes the attacks that read them
+                   ) -> list[str]:
     "Attack names from 'all', one name, a comma-separated string or a list; unknown names are a ValueError."
     if isinstance(names, str):
-        names = list(ATTACKS) if names.strip().lower() == 'all' else [n.strip() for n in names.split(',') if n.strip()]
+        names = ([n for n, a in ATTACKS.items() if releases or not a.several_releases] if names.strip().lower() == 'all'
+                 else [n.strip() for n in names.split(',') if n.strip()])
     names = list(dict.fromkeys(names or []))
     if not names: raise ValueError(f'no attack named; use "all" or some of {list(ATTACKS)}')
     bad = [n for n in names if n not in ATTACKS]
@@ -778,7 +843,14 @@ def check_requirements(name: str, shadow: AttackData, target: AttackData, option
         miss = [side for side, d in (('shadow', shadow), ('target', target)) if d.other is None]
         if miss: raise ValueError(f'two_release needs the same records scored by both releases (AttackData.other) on {miss}: '
                                   'the pipeline attaches them when the shadows are dense + pruned pairs (dense_shadows=False)')
-        if not opts.get('C', 1.0) > 0: raise ValueError(f"two_release option C must be positive, got {opts['C']}")
+    if name == 'multi_release':
+        short = {side: len(d.others) for side, d in (('shadow', shadow), ('target', target)) if len(d.others) < MULTI_RELEASE_MIN_OTHERS}
+        if short: raise ValueError(f'multi_release needs the same records scored by at least {MULTI_RELEASE_MIN_OTHERS} other releases besides '
+                                   f'the attacked one (AttackData.with_others) on both sides; other releases per side: {short} '
+                                   '(with one other release, run two_release)')
+        _other_releases(shadow, target)
+    if a.kind in ('two_release', 'multi_release') and not opts.get('C', 1.0) > 0:
+        raise ValueError(f"{name} option C must be positive, got {opts['C']}")
     if name == 'rmia':
         if not 0 <= opts.get('a', 0.3) <= 1: raise ValueError(f"rmia option a must lie in [0, 1], got {opts['a']}")
         if not opts.get('gamma', 1.0) > 0: raise ValueError(f"rmia option gamma must be positive, got {opts['gamma']}")
@@ -828,7 +900,7 @@ def run_attacks(names, # 'all', an attack name, a comma-separated string or a li
                ) -> dict[str, AttackResult]:
     "Run the named attacks (fitted on `shadow`) against `target`; a dict name -> `AttackResult`."
     every = isinstance(names, str) and names.strip().lower() == 'all'
-    names = resolve_attacks(names)
+    names = resolve_attacks(names, releases=bool(getattr(shadow, 'others', ()) or getattr(target, 'others', ())))  # 'all': multi_release where there are releases
     if every and (shadow.other is None or target.other is None): names = [n for n in names if n != 'two_release']  # 'all' of one release
     if attack_recipe not in ATTACK_RECIPES: raise ValueError(f'unknown attack_recipe {attack_recipe!r}; known: {list(ATTACK_RECIPES)}')
     if attack_check not in ATTACK_CHECKS: raise ValueError(f'unknown attack_check {attack_check!r}; known: {list(ATTACK_CHECKS)}')

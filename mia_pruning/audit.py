@@ -706,7 +706,7 @@ def audit_parser() -> argparse.ArgumentParser:
                                 'model than in the dense one, and whose? Writes OUT/audit.ipynb (executed) and OUT/audit.json.')
     p.add_argument('--dense', required=True, help='the dense model\'s state dict (.pt, loaded with weights_only=True)')
     p.add_argument('--pruned', required=True, help='the pruned model\'s state dict (weight_orig/weight_mask pairs are folded)')
-    p.add_argument('--arch', required=True, help=f'a built-in architecture: {", ".join(ARCHS)} (Python: audit(arch=builder) takes your own)')
+    p.add_argument('--arch', required=True, help=f'a built-in architecture ({", ".join(ARCHS)}) or a plug-in: package.module:build or /path/file.py:build (see 00a_plugins)')
     p.add_argument('--members', required=True, help='the training set: an .npz with arrays X and y; with --dataset, a .npy/.txt file of indices')
     p.add_argument('--population', required=True, help='data from the same distribution the models never saw, in the same form')
     p.add_argument('--dataset', default=None, help='a built-in dataset that --members and --population index (e.g. digits)')

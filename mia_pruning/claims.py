@@ -20,13 +20,13 @@ __all__ = ['SETTING_KEYS', 'EXTRA_KEYS', 'DEFENSE_KEYS', 'TWO_MODEL_ATTACKS', 'T
            'cell_table', 'identical_attacks', 'attacks_of', 'ClaimData', 'make_synthetic_grid', 'primary_attacks',
            'regime', 'risk_table', 'class_heterogeneity', 'gap_tables', 'samia_table', 'accuracy_label', 'ppb_table',
            'matched_table', 'decomposition_table', 'overall_verdict', 'verdict_table', 'claim_tables', 'claims_dir',
-           'claims_markdown', 'write_claims_tables', 'load_claims']
+           'claims_markdown', 'write_claims_tables', 'load_claims', 'claims_across', 'write_claims_across']
 
 # %% ../nbs/12a_claims.ipynb #73804089
 SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity')  # one victim recipe; its cells differ by seed
 EXTRA_KEYS = ('structured_bn', 'subsample', 'num_shadows', 'epochs', 'attack_recipe', 'attack_epochs', 'num_references')  # split settings on these when they vary
 DEFENSE_KEYS = ('defense', 'defense_param', 'adaptive')
-TWO_MODEL_ATTACKS = ('two_release',)  # query the dense and the pruned victim: not a single-model attack, left out of every claim
+TWO_MODEL_ATTACKS = ('two_release', 'multi_release')  # query the dense and the pruned victim (and more releases): not single-model attacks, left out of every claim
 TABLES = ('verdicts', 'risk', 'gaps', 'gaps_by_class', 'samia', 'ppb', 'matched', 'decomposition')  # what `claim_tables` returns, in order
 CONTROL_STATES = ('control', 'control_matched')  # the control arm's model states (pipeline.CONTROL_STATES['both']): fine-tuned, not pruned
 REGIME_DROP = 0.02  # outside the study's regime: the pruned victim's train AND test accuracy both more than this below dense (means over seeds)
@@ -40,6 +40,8 @@ def cell_table(df: pd.DataFrame, # a summary (see `report.load_summary`)
     if 'cell_id' not in df: raise ValueError('the summary has no cell_id column: claims pair each cell with its run folder runs/<cell_id>/')
     if not (df['model_state'] == 'pruned').any(): raise ValueError("the summary has no row with model_state 'pruned': the claims compare dense and pruned victims")
     d = df[standard_adversary(df)].copy()  # the study's adversary: shadows pruned like the victim
+    if 'releases' in d:  # cells of the several-release adversary repeat their siblings' models: they feed the releases table, not the claims
+        d = d[d['releases'].fillna('').astype(str).str.strip().isin(['', 'nan'])]
     d['adaptive'] = d['adaptive'].fillna(False).astype(str).str.lower().isin(['true', '1', '1.0']) if 'adaptive' in d else False
     d['defense_param'] = pd.to_numeric(d['defense_param'], errors='coerce').fillna(-1.0) if 'defense_param' in d else -1.0
     extra = [c for c in EXTRA_KEYS if c in d and d[c].nunique(dropna=False) > 1]
@@ -685,3 +687,37 @@ def load_claims(grid_dir, # a grid folder (with tables/claims/, or summary.csv f
     for k in TABLES:
         out[k] = _read_table(d / f'{k}.csv'); out[k].attrs.update(meta)
     return out
+
+# %% ../nbs/12a_claims.ipynb #27a185ff
+def claims_across(grids: dict, # label (e.g. the dataset) -> a grid folder with committed claims tables (or a verdicts DataFrame)
+                 ) -> pd.DataFrame:
+    "One row per claim: its statement, the overall label on each grid (a column per label) and whether the grids agree."
+    if not grids: raise ValueError('claims_across needs at least one grid: {label: grid folder}')
+    per = {}
+    for label, g in grids.items():
+        v = g if isinstance(g, pd.DataFrame) else load_claims(g)['verdicts']
+        per[str(label)] = v.set_index('claim')
+    claims = list(dict.fromkeys(c for v in per.values() for c in v.index))
+    rows = []
+    for c in claims:
+        row = {'claim': c, 'statement': next(v.loc[c, 'statement'] for v in per.values() if c in v.index)}
+        for label, v in per.items():
+            row[label] = v.loc[c, 'verdict'] if c in v.index else 'no data'
+            row[f'{label} counts'] = v.loc[c, 'counts'] if c in v.index and isinstance(v.loc[c, 'counts'], str) else ''
+        tested = [row[label] for label in per if row[label] not in ('not tested', 'no data')]
+        row['across'] = ('agree' if len(set(tested)) == 1 else 'differ') if len(tested) > 1 else f'{len(tested)} grid tested it' if tested else 'not tested'
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+def write_claims_across(grids: dict, # label -> grid folder (see `claims_across`)
+                        out, # the folder to write claims_across.csv and claims_across.md into
+                       ) -> list[Path]:
+    "`claims_across` written atomically as CSV and as a markdown table (labels only), each grid named as its tables name it (never an absolute path)."
+    t = claims_across(grids)
+    out = Path(out)
+    src = {k: (_grid_label(Path(g)) if not isinstance(g, pd.DataFrame) else 'a DataFrame') for k, g in grids.items()}
+    md = ('# The study\'s claims per dataset\n\n' + 'Overall label per claim and grid (' + ', '.join(f'{k}: `{v}`' for k, v in src.items())
+          + "); 'agree': the same label on every grid that tested the claim.\n\n" + md_table(t[['claim', *map(str, grids), 'across']]) + '\n').encode()
+    return [atomic_write(out / 'claims_across.csv', lambda f: f.write(t.to_csv(index=False).encode())),
+            atomic_write(out / 'claims_across.md', lambda f: f.write(md))]
+

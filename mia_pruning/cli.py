@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser('grid', help='run a grid of cells (a preset or a YAML spec)',
                        description='Run every cell of a grid through the experiment notebook; complete cells are skipped.')
     g.add_argument('spec', nargs='?', metavar='SPEC.yaml', help='a YAML grid spec (name, axes, fixed, blocks)')
-    g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick, study, study_gpu or paper')
+    g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick, study, study_tabular, study_gpu or paper')
     g.add_argument('--executor', choices=['local', 'dask'], default='local', help='local process pool (default) or Dask')
     g.add_argument('--scheduler', metavar='ADDR', help='Dask scheduler address (default: a LocalCluster of --workers)')
     g.add_argument('--schedule', choices=['models', 'cells'], default='models',

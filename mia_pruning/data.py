@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 from .core import ArtifactCache, config_hash
+from .plugins import Registry, plugin_file, describe
 
 
 # %% auto #0
@@ -439,8 +440,26 @@ class DatasetInfo:
     embedded: bool = False  # ships with a Python package: no data root is read
     classes: tuple = ()  # label names in label order (label k is classes[k]); () where the files give numbers
 
+def _plugin_load(load, root, spec) -> MIADataset:
+    ds = load(Path(root))
+    if not isinstance(ds, MIADataset):
+        raise ValueError(f'plug-in dataset {spec} returned {describe(ds)} from load(root); expected an MIADataset')
+    if ds.kind not in ('image', 'tabular'): raise ValueError(f"plug-in dataset {spec} returned kind {ds.kind!r}; expected 'image' or 'tabular'")
+    return ds
+
+def _plugin_dataset(load, # a dataset plug-in: load(root: Path) -> MIADataset (normalised inputs, labels in [0, num_classes))
+                    spec: str, # its pinned spec (the entry's name)
+                   ) -> DatasetInfo:
+    "The registry entry of a dataset plug-in: kind, classes and input shape read from one call of `load` on the default data root."
+    if not callable(load): raise ValueError(f'it is {describe(load)}; expected a loader load(root: Path) -> MIADataset')
+    ds = _plugin_load(load, default_data_root(), spec)
+    def loader(root, download, fallback_dirs):
+        d = _plugin_load(load, root, spec)
+        return d.x.numpy(), d.y.numpy(), [plugin_file(spec)]
+    return DatasetInfo(spec, ds.kind, ds.num_classes, ds.input_shape, loader, howto=f'The plug-in {spec} loads it.')
+
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
+DATASETS: Registry = Registry('dataset', {d.name: d for d in [
     DatasetInfo('digits', 'image', 10, (1, 8, 8), _load_digits, (0.3053,), (0.3760,),
                 'It ships with scikit-learn: pip install scikit-learn.', embedded=True),
     DatasetInfo('fashion_mnist', 'image', 10, (1, 28, 28), _load_fashion, (0.2860,), (0.3530,),
@@ -479,12 +498,13 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
                        ('dna', 180, ('ei', 'ie', 'n')),  # exon/intron boundary, intron/exon boundary, neither
                        ('satellite', 36, ('cotton crop', 'damp grey soil', 'grey soil', 'red soil', 'vegetation stubble',
                                           'very damp grey soil'))]],  # class names sorted as strings
-]}
+]}, adapt=_plugin_dataset)
 
 def check_name(name, registry: dict, what: str) -> str:
     "Return `name` if it is in `registry`, else raise ValueError listing the known names."
     if not isinstance(name, str) or name not in registry:
-        raise ValueError(f'unknown {what} {name!r}; known: {", ".join(registry)}')
+        more = ' (or a plug-in: package.module:name or /path/to/file.py:name)' if isinstance(registry, Registry) else ''
+        raise ValueError(f'unknown {what} {name!r}; known: {", ".join(registry)}{more}')
     return name
 
 def default_data_root() -> Path:

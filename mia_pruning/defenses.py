@@ -13,6 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 from .core import atomic_write
 from .data import MIADataset, Split, check_name
+from .plugins import Registry
 from .models import build_model
 from .train import TrainConfig, TrainHooks
 from .prune import fine_tune, mask_snapshot, apply_mask, bake_masks
@@ -464,7 +465,7 @@ class DPSGD(Defense):
         "DP fine-tuning (`dp_fine_tune`); returns a new model (GroupNorm for BatchNorm) and info with epsilon."
         return dp_fine_tune(model, ds, split, cfg, seed, device, noise_multiplier=self.param, progress=progress, **self.options)
 
-DEFENSES = {d.name: d for d in [NoDefense, PPB, AdvReg, DPSGD, LabelSmoothing]}
+DEFENSES = Registry('defense', {d.name: d for d in [NoDefense, PPB, AdvReg, DPSGD, LabelSmoothing]}, subclass_of=Defense)
 
 def make_defense(name: str, # a key of DEFENSES
                  param=None, # the defense's parameter (None or -1: its default)

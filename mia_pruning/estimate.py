@@ -116,7 +116,7 @@ def _finetune_unit(arch, shape, C, cl, method, defense, z) -> float:
 
 def _attack_unit(name, C, recipe, input_dim, z) -> dict:
     "One attack on synthetic records: learned ones per shadow row and epoch (+ fixed), the others per record (+ per population sample)."
-    from mia_pruning.attacks import ATTACKS, run_attacks, synthetic_attack_data, synthetic_release_pair
+    from mia_pruning.attacks import ATTACKS, run_attacks, synthetic_attack_data, synthetic_release_pair, synthetic_releases
     rows, kind = z['rows'], ATTACKS[name].kind
     if kind == 'learned':
         sh, tg = synthetic_attack_data(rows, C, seed=1), synthetic_attack_data(rows, C, seed=2)
@@ -126,6 +126,8 @@ def _attack_unit(name, C, recipe, input_dim, z) -> dict:
         return {'row_epoch': per, 'fixed': max(0.0, t[1] - per * rows)}
     if kind == 'two_release':
         sh = synthetic_release_pair(rows, seed=1, ref_in_frac=0.45); tg = synthetic_release_pair(rows, seed=2)
+    elif kind == 'multi_release':  # three releases: dense, one other, the attacked one
+        sh = synthetic_releases(rows, seed=1, ref_in_frac=0.45); tg = synthetic_releases(rows, seed=2)
     else:
         kw = dict(num_refs=4, num_pop=z['pop'], input_dim=input_dim if kind == 'quantile' else 0)
         sh, tg = synthetic_attack_data(rows, C, seed=1, **kw), synthetic_attack_data(rows, C, seed=2, **kw)
@@ -217,13 +219,13 @@ class Plan:
     def attack_fits(self) -> dict:
         "Attack fits of the cells to run: per state and attack kind, learned attacks apart (each trains a network)."
         from mia_pruning.attacks import ATTACKS
-        from mia_pruning.pipeline import effective_attacks
+        from mia_pruning.pipeline import effective_attacks, cell_states
         fits = {'total': 0, 'learned': 0, 'other': 0, 'by_attack': {}}
         for _, p in self.cells:
             names, _ = effective_attacks(p)
-            for state in ('dense', 'pruned'):
+            for state in cell_states(p):  # the control arm's states are attacked as the pruned one
                 for n in names:
-                    if n == 'two_release' and state == 'dense': continue
+                    if n == 'two_release' and state == 'dense' or n == 'multi_release' and state != 'pruned': continue
                     fits['total'] += 1; fits['learned' if ATTACKS[n].kind == 'learned' else 'other'] += 1
                     fits['by_attack'][n] = fits['by_attack'].get(n, 0) + 1
         return fits
@@ -275,7 +277,7 @@ def _attack_epochs(p: dict) -> int:
 
 def _state_names(p: dict, state: str) -> list[str]:
     from mia_pruning.pipeline import effective_attacks
-    return [n for n in effective_attacks(p)[0] if n != 'two_release' or state == 'pruned']
+    return [n for n in effective_attacks(p)[0] if n not in ('two_release', 'multi_release') or state == 'pruned']
 
 def unit_keys(plan: Plan) -> list[str]:
     "The calibration units the plan's costs need."
@@ -300,7 +302,7 @@ def _fit_rows(check: str) -> float:
 def state_seconds(p: dict, state: str, units: dict) -> dict:
     "Seconds of one attack state (features of every model it queries, then each attack's fit and bootstrap), by part."
     from mia_pruning.attacks import ATTACKS
-    from mia_pruning.pipeline import reference_count
+    from mia_pruning.pipeline import reference_count, release_sparsities
     kind, shape, C, _ = _recipe(p)
     mu = units[f"model|{p['arch']}|{shape}|{C}|{p['channels_last']}"]
     sz = split_sizes(pool_size(p['dataset'], p['subsample'], p['data_root']), p['seed'], p['num_shadows'])
@@ -310,7 +312,8 @@ def state_seconds(p: dict, state: str, units: dict) -> dict:
     names = _state_names(p, state)
     refs_sh = K - 1 + R if (K > 1 or R) else 0
     queries = S * (1 + refs_sh) + (K * pop * (1 + refs_sh) if refs_sh else 0) + (T + pop) * (1 + K + R)
-    if 'two_release' in names: queries *= 2  # the same records through the other (dense) release
+    if 'two_release' in names or 'multi_release' in names:  # the same records through the other releases: dense, and each of `releases`
+        queries *= 2 + (len(release_sparsities(p)) if 'multi_release' in names else 0)
     sens = (S + T) * p['sensitivity_m'] if any(ATTACKS[n].needs_sensitivity for n in names) else 0
     out = {'features': queries * mu['query'] + sens * mu['sens_draw'], 'learned': 0.0, 'other': 0.0,
            'bootstrap': len(names) * T * p['n_boot'] * units['boot']}
@@ -334,6 +337,7 @@ def model_seconds(job, units: dict) -> float:
     else: n = sz['victim'] if job.role == 'victim' else sz['shadow']
     data = units[f"data|{q['dataset']}|{q['subsample']}|{q['seed']}|{q['data_root']}"]
     if job.kind == 'dense': epochs, step = min(E, EARLY_STOP_EPOCHS), mu['train']
+    elif 'method' not in q: epochs, step = min(max(1, E // 2), EARLY_STOP_EPOCHS), mu['train']  # a control: fine-tuning without masks
     else: epochs, step = min(max(1, E // 2), EARLY_STOP_EPOCHS), units[f"finetune|{q['arch']}|{shape}|{C}|{q['channels_last']}|{q['method']}|{q['defense']}"]
     return data + epochs * (n['train'] * step + n['dev'] * mu['infer']) + (n['train'] + n['test']) * mu['infer']
 
@@ -380,16 +384,16 @@ def estimate_grid(spec, # preset name, YAML path, dict or GridSpec
     from mia_pruning.pipeline import resolve_params
     plan = plan_grid(spec, max_cells, out_dir, cache_dir, workers, threads, resume)
     units, measured = calibrate(unit_keys(plan), plan.threads, calibration_cache or cache_dir, size)
-    stages = {k: 0.0 for k in ('dense models', 'pruned models', 'features', 'learned attacks', 'other attacks', 'bootstrap', 'cell fixed')}
+    stages = {k: 0.0 for k in ('dense models', 'pruned models', 'control models', 'features', 'learned attacks', 'other attacks', 'bootstrap', 'cell fixed')}
     tasks, deps = [], {}
     for key, job in plan.models.items():
         if key in plan.cached: continue
         sec = model_seconds(job, units)
-        stages[f'{job.kind} models'] += sec
+        stages['dense models' if job.kind == 'dense' else 'pruned models' if job.kind == 'pruned' else 'control models'] += sec
         deps[key] = (key, sec, tuple(a for a in job.after if a in plan.models and a not in plan.cached), False)
     order = sorted(deps.values(), key=lambda t: plan.models[t[0]].kind != 'dense')
     seen_states = set()
-    from mia_pruning.pipeline import cell_models
+    from mia_pruning.pipeline import cell_models, cell_states
     for cid, p in plan.cells:
         kind, shape, C, _ = _recipe(p)
         mu = units[f"model|{p['arch']}|{shape}|{C}|{p['channels_last']}"]
@@ -401,10 +405,10 @@ def estimate_grid(spec, # preset name, YAML path, dict or GridSpec
         dense_state = (tuple(j.key for j in jobs if j.kind == 'dense'), tuple(_state_names(p, 'dense')),
                        *(p[k] for k in ('sensitivity_m', 'sensitivity_eps', 'n_boot', 'attack_epochs', 'attack_recipe', 'attack_check',
                                         'seed', 'inference')))
-        for state in ('dense', 'pruned'):
+        for state in cell_states(p):  # the control arm's states cost as the pruned one's
             if state == 'dense' and dense_state in seen_states: continue  # cached by the first cell that built it
             seen_states.add(dense_state)
-            for k, v in state_seconds(p, state, units).items():
+            for k, v in state_seconds(p, 'dense' if state == 'dense' else 'pruned', units).items():
                 key = {'features': 'features', 'learned': 'learned attacks', 'other': 'other attacks', 'bootstrap': 'bootstrap'}[k]
                 parts[key] = parts.get(key, 0.0) + v; sec += v
         for k, v in parts.items(): stages[k] += v

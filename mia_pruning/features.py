@@ -258,6 +258,8 @@ class AttackData:
     pop_inputs: np.ndarray | None = None  # (G, Z, d) float32: the population samples' input representation
     atol: float = 1e-4  # tolerance of the row sums of `probs`
     other: 'AttackData | None' = None  # the same records scored by the other release (the two-release adversary: dense and pruned)
+    others: tuple = ()  # the same records scored by several other releases (the multi-release adversary), named by `release_names`
+    release_names: tuple = ()  # one name per release of `others` (e.g. 'dense', 'sparsity_0.5'): see `with_others`
 
     def __post_init__(self):
         p = _arr(self.probs, np.float64)
@@ -305,6 +307,10 @@ class AttackData:
         self._check_refs(n)
         self._check_population(n)
         if self.other is not None: self.with_other(self.other)
+        if self.others or self.release_names:
+            if len(self.others) != len(self.release_names) or len(set(self.release_names)) != len(self.release_names):
+                raise ValueError(f'release_names must give each of the {len(self.others)} other releases its own name, got {list(self.release_names)}')
+            self.with_others(dict(zip(self.release_names, self.others)))
 
     def _check_refs(self, n):
         given = {k: getattr(self, k) for k in ('ref_lsc', 'ref_py', 'ref_in') if getattr(self, k) is not None}
@@ -375,6 +381,10 @@ class AttackData:
         if self.pop_py is not None: return self.pop_py.shape[0]
         return int(self.group.max()) + 1 if len(self) else 1
     @property
+    def releases(self) -> dict:
+        "The other releases by name (`release_names` -> `others`)."
+        return dict(zip(self.release_names, self.others))
+    @property
     def py(self) -> np.ndarray:
         "True-class probability `p_y` (n,)."
         return self.probs[np.arange(len(self)), self.labels]
@@ -387,17 +397,32 @@ class AttackData:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k in _ROWS + ('group',):
             if kw[k] is not None: kw[k] = kw[k][sel]
+        if kw['other'] is not None: kw['other'] = kw['other'].subset(sel)  # the other releases: the same rows
+        kw['others'] = tuple(o.subset(sel) for o in kw['others'])
         return AttackData(**kw)
+
+    def _check_same_records(self, other, what: str):
+        "A ValueError naming `what` unless `other` is an AttackData of the same records (labels, membership, indices, order)."
+        if not isinstance(other, AttackData): raise ValueError(f'{what} must be an AttackData, got {type(other).__name__}')
+        if len(other) != len(self) or not (np.array_equal(other.labels, self.labels) and np.array_equal(other.is_member, self.is_member)):
+            raise ValueError(f'{what} must hold the same {len(self)} records (labels and membership in the same order); got {len(other)} '
+                             'records that differ')
+        if self.index is not None and other.index is not None and not np.array_equal(self.index, other.index):
+            raise ValueError(f'{what} must hold the same records: their dataset indices differ')
 
     def with_other(self, other: 'AttackData') -> 'AttackData':
         "Attach `other`: the same records (same labels and membership, in the same order) as scored by another release."
-        if not isinstance(other, AttackData): raise ValueError(f'other must be an AttackData, got {type(other).__name__}')
-        if len(other) != len(self) or not (np.array_equal(other.labels, self.labels) and np.array_equal(other.is_member, self.is_member)):
-            raise ValueError(f'other must hold the same {len(self)} records (labels and membership in the same order); got {len(other)} '
-                             'records that differ')
-        if self.index is not None and other.index is not None and not np.array_equal(self.index, other.index):
-            raise ValueError('other must hold the same records: their dataset indices differ')
+        self._check_same_records(other, 'other')
         self.other = other
+        return self
+
+    def with_others(self, releases: dict) -> 'AttackData':
+        "Attach several other releases `{name: AttackData}` of the same records, each checked as `with_other` checks; `{}` removes them."
+        if not isinstance(releases, dict): raise ValueError(f'releases must be a dict {{name: AttackData}}, got {type(releases).__name__}')
+        for name, d in releases.items():
+            if not (isinstance(name, str) and name.strip()): raise ValueError(f'a release name must be a non-empty string, got {name!r}')
+            self._check_same_records(d, f'release {name!r}')
+        self.others, self.release_names = tuple(releases.values()), tuple(releases)
         return self
 
     @classmethod
@@ -413,6 +438,8 @@ class AttackData:
             have = [getattr(p, k) is not None for p in parts]
             if any(have) and not all(have):
                 raise ValueError(f'cannot pool AttackData where only some parts have {k} (parts {[i for i, h in enumerate(have) if h]} of {len(parts)})')
+        names = {p.release_names for p in parts}
+        if len(names) > 1: raise ValueError(f'cannot pool AttackData that carry different other releases: {sorted(names)}')
         R = {p.num_refs for p in parts}
         if len(R) > 1: raise ValueError(f'cannot pool AttackData with different numbers of reference models: {sorted(R)}')
         if parts[0].pop_py is not None:
@@ -424,12 +451,14 @@ class AttackData:
         kw['group'] = np.concatenate([p.group + o for p, o in zip(parts, offs)])
         for k in _POP:
             kw[k] = None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
-        return cls(**kw, atol=max(p.atol for p in parts))
+        out = cls(**kw, atol=max(p.atol for p in parts))
+        return out.with_others({k: cls.concat([p.releases[k] for p in parts]) for k in parts[0].release_names})
 
     def __repr__(self):
         extra = [k for k in _OPTIONAL if getattr(self, k) is not None and k not in ('loss', 'lsc')]
         return (f'AttackData(n={len(self)}, members={int(self.is_member.sum())}, classes={self.num_classes}, '
-                f'refs={self.num_refs}, groups={self.num_groups}, with={extra})')
+                f'refs={self.num_refs}, groups={self.num_groups}, with={extra}'
+                + (f', releases={list(self.release_names)}' if self.release_names else '') + ')')
 
 
 # %% ../nbs/05_features.ipynb #ac44c2da

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'GRID_NAME_RE', 'MAX_CELLS', 'MAX_SPEC_BYTES', 'STUDY_METHODS', 'STUDY_SEEDS', 'STUDY_ATTACKS', 'PRESETS',
-           'pipeline_module', 'check_grid_name', 'SpecSafeLoader', 'load_spec', 'GridSpec', 'as_spec', 'Cell',
-           'check_max_cells', 'expand_cells', 'merge_notes']
+__all__ = ['SPEC_KEYS', 'GRID_NAME_RE', 'MAX_CELLS', 'MAX_SPEC_BYTES', 'STUDY_METHODS', 'STUDY_SEEDS', 'STUDY_ATTACKS',
+           'TABULAR_SEEDS', 'TABULAR_ATTACKS', 'PRESETS', 'pipeline_module', 'check_grid_name', 'SpecSafeLoader',
+           'load_spec', 'GridSpec', 'as_spec', 'Cell', 'check_max_cells', 'expand_cells', 'merge_notes']
 
 # %% ../nbs/10a_gridspec.ipynb #ebf0dba4
 SPEC_KEYS = ('name', 'description', 'axes', 'fixed', 'blocks')
@@ -161,6 +161,10 @@ STUDY_METHODS = ['l1_unstructured', 'l1_structured', 'l2_structured', 'slimming'
 STUDY_SEEDS = [7, 8, 9]
 # the study preset's attacks: every threshold attack, SAMIA, offline LiRA, RMIA, QMIA and the two-release adversary
 STUDY_ATTACKS = 'gap,conf,entropy,mentr,top1_conf,loss,samia,lira_offline,rmia,qmia,two_release'
+# the tabular study: 5 seeds; every attack that applies except SAMIA, whose 2C = 52 tokens cost about 16 min per fit on 2 cores
+# (0.86 ms per shadow row and epoch, 100 epochs, 11,520 rows), and lira_online, which needs extra reference models
+TABULAR_SEEDS = [7, 8, 9, 10, 11]
+TABULAR_ATTACKS = 'gap,conf,entropy,mentr,top1_conf,nn,nn_top3,nn_cls,loss,lira_offline,rmia,qmia,two_release'
 PRESETS = {
     'smoke': {'name': 'smoke', 'description': 'two tiny cells (mlp on digits) to check an installation',
               'axes': {'sparsity': [0.5, 0.9]},
@@ -177,6 +181,19 @@ PRESETS = {
                         'attacks': STUDY_ATTACKS, 'attack_epochs': 20, 'attack_check': 'split', 'num_references': 0, 'n_boot': 100},
               'blocks': [{'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9]}},
                          {'axes': {'adaptive': [False, True]}, 'fixed': {'prune_method': 'l1_unstructured', 'sparsity': 0.9, 'defense': 'ppb'}}]},
+    'study_tabular': {'name': 'study_tabular',
+                      'description': "the study's tabular design on UCI Letter (26 classes, 16 features; r-cran-mlbench): ColumnFC at the study's tabular "
+                                     "recipe (50 epochs, fine-tuning 25, patience 5), l1_unstructured at 0.5/0.7/0.9, the fine-tune-only control arm, "
+                                     "PPB at 0.7 against non-adaptive and adaptive attackers, 5 seeds, 4 shadows, 1,800 members per victim",
+                      'axes': {'seed': TABULAR_SEEDS},
+                      'fixed': {'dataset': 'letter', 'subsample': 8000, 'arch': 'column_fc', 'num_shadows': 4, 'control': 'finetune',
+                                'attacks': TABULAR_ATTACKS, 'attack_recipe': 'tuned', 'attack_check': 'split', 'num_references': 0, 'n_boot': 100,
+                                'prune_method': 'l1_unstructured'},
+                      'blocks': [{'axes': {'sparsity': [0.5, 0.7, 0.9]}},
+                                 {'axes': {'adaptive': [False, True]}, 'fixed': {'sparsity': 0.7, 'defense': 'ppb'}},
+                                 # the adversary who sees every release: the 0.7 victim with its 0.5 and 0.9 siblings (their models are the cells' above)
+                                 {'axes': {'releases': ['0.5,0.9']}, 'fixed': {'sparsity': 0.7, 'control': 'none',
+                                                                               'attacks': 'lira_offline,rmia,two_release,multi_release'}}]},
     'study_gpu': {'name': 'study_gpu', 'description': "the study preset at the study's full recipe, for a GPU: all 70,000 Fashion-MNIST "
                                                       "images, 5 shadows, 100 epochs, every attack (online LiRA with 4 references)",
                   'axes': {'seed': STUDY_SEEDS},

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .data import check_name
+from .plugins import Registry, describe
 
 # %% auto #0
 __all__ = ['VGG16_CFG', 'ARCHS', 'IMAGE_ONLY', 'init_weights', 'conv_bn', 'MLP', 'ColumnFC', 'SmallCNN', 'BasicBlock', 'ResNet',
@@ -144,8 +145,21 @@ class VGG(nn.Module):
 def vgg16_bn(num_classes, input_shape): return VGG(num_classes, input_shape)
 
 # %% ../nbs/02_models.ipynb #6f7577b0
-ARCHS = {'mlp': MLP, 'cnn': SmallCNN, 'resnet20': resnet20, 'resnet18': resnet18, 'densenet121': densenet121,
-         'vgg16_bn': vgg16_bn, 'column_fc': ColumnFC}
+def _plugin_arch(builder, # an architecture plug-in: builder(num_classes, input_shape) -> nn.Module
+                 spec: str, # its pinned spec
+                ):
+    "The registry entry of an architecture plug-in: `builder`, with what it returns checked."
+    if not callable(builder): raise ValueError(f'it is {describe(builder)}; expected a builder (num_classes, input_shape) -> nn.Module')
+    def build(num_classes, input_shape):
+        m = builder(num_classes, input_shape)
+        if not isinstance(m, nn.Module):
+            raise ValueError(f'plug-in arch {spec} returned {describe(m)} from ({num_classes}, {tuple(input_shape)}); expected an nn.Module')
+        return m
+    build.__name__ = build.__qualname__ = spec
+    return build
+
+ARCHS = Registry('arch', {'mlp': MLP, 'cnn': SmallCNN, 'resnet20': resnet20, 'resnet18': resnet18, 'densenet121': densenet121,
+                          'vgg16_bn': vgg16_bn, 'column_fc': ColumnFC}, adapt=_plugin_arch)
 IMAGE_ONLY = {'cnn', 'resnet20', 'resnet18', 'densenet121', 'vgg16_bn'}
 
 def build_model(arch: str, # a key of ARCHS

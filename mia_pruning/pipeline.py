@@ -24,14 +24,16 @@ from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, LIRA_ONLINE_MIN_IN,
 from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed
 from .divergence import divergence_summary
 from .runs import RECORD, finish_run, is_complete
+from .plugins import PLUGIN_PARAMS, is_plugin, canonical_spec, pin_spec, short_name, plugin_identity
 
 
 # %% auto #0
 __all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATES', 'ALL_STATES', 'INFERENCE_MODES',
            'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'ADDED_LATER', 'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS',
-           'effective_attacks', 'validate_params', 'resolve_params', 'cell_states', 'cell_id', 'CellResult', 'ModelJob',
-           'reference_count', 'model_params', 'matched_epochs', 'cell_models', 'model_job_record', 'model_job_done',
-           'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
+           'effective_attacks', 'release_sparsities', 'validate_params', 'resolve_params', 'cell_states', 'cell_id',
+           'CellResult', 'ModelJob', 'reference_count', 'model_params', 'matched_epochs', 'cell_models',
+           'release_params', 'model_job_record', 'model_job_done', 'build_model_job', 'fit_diagnostics', 'run_cell',
+           'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -52,6 +54,7 @@ CELL_DEFAULTS = dict(
     defense='none',              # a key of DEFENSES, applied while fine-tuning the pruned victim
     defense_param=-1.0,          # the defense's strength (-1 = its default)
     adaptive=False,              # shadows fine-tuned with the same defense (adaptive adversary)
+    releases='',                 # other sparsities of the victim's method also shipped ('' = none; e.g. '0.5,0.9'): the multi-release adversary queries every release
     control='none',              # the control arm (the dense models fine-tuned, not pruned): 'none', 'finetune' (the pruned arm's recipe), 'matched' (as many epochs as the pruned twin's released weights saw) or 'both'
     attacks='all',               # comma-separated attack names, or 'all'
     attack_epochs=0,             # epochs of the learned attacks (0 = the study's 100; 3 under IN_TEST)
@@ -92,8 +95,14 @@ LIRA_ONLINE_MIN_REFERENCES = 2 * LIRA_ONLINE_MIN_IN  # each candidate is IN for 
 
 def effective_attacks(p: dict) -> tuple[list[str], dict]:
     "The attacks a validated cell runs, and those skipped from 'all' with the reason."
-    names, skipped = resolve_attacks(p['attacks']), {}
+    names, skipped = resolve_attacks(p['attacks'], releases=bool(p['releases'])), {}  # 'all' holds multi_release only where a cell ships several releases
     explicit = p['attacks'].strip().lower() != 'all'
+    if 'multi_release' in names and not p['releases']:  # reachable only when named
+        raise ValueError("multi_release needs the victim's other releases: set the cell parameter releases to the other sparsities "
+                         "of its pruning method that were shipped (e.g. releases='0.5,0.9'); this cell has none")
+    if 'multi_release' in names and p['dense_shadows']:
+        if explicit: raise ValueError('multi_release needs pruned shadows at every release; with dense_shadows=True the adversary has none')
+        skipped['multi_release'] = 'dense_shadows: no pruned shadows'
     if p['num_references'] % 2: raise ValueError(f"num_references must be even (each candidate is IN for exactly half), got {p['num_references']}")
     if 'lira_online' in names and p['num_references'] < LIRA_ONLINE_MIN_REFERENCES:
         if explicit: raise ValueError(f"lira_online needs num_references >= {LIRA_ONLINE_MIN_REFERENCES} (each candidate is IN for half of "
@@ -108,6 +117,18 @@ def effective_attacks(p: dict) -> tuple[list[str], dict]:
                                       'has no pruned shadows to learn what pruning changes')
         skipped['two_release'] = 'dense_shadows: no pruned shadows'
     return [n for n in names if n not in skipped], skipped
+
+def release_sparsities(p: dict) -> list[float]:
+    "The sparsities of a cell's other releases (parameter `releases`), sorted; a ValueError names a malformed, repeated or out-of-range one."
+    raw = [s.strip() for s in str(p['releases']).split(',') if s.strip()]
+    try: vals = [float(s) for s in raw]
+    except ValueError: raise ValueError(f"releases must be comma-separated sparsities (e.g. '0.5,0.9'), got {p['releases']!r}") from None
+    for s in vals:
+        try: check_sparsity(s)
+        except ValueError as e: raise ValueError(f"releases {p['releases']!r}: {e}") from None
+    if len(set(vals)) != len(vals): raise ValueError(f"releases names a sparsity twice: {p['releases']!r}")
+    if p['sparsity'] in vals: raise ValueError(f"releases holds the cell's own sparsity {p['sparsity']:g}: list only the other releases, got {p['releases']!r}")
+    return sorted(vals)
 
 def _make_defense(p: dict):
     "The cell's Defense object (parameter checked; -1 means the defense's default)."
@@ -138,12 +159,20 @@ def validate_params(params: dict) -> dict:
     "Complete `params` with CELL_DEFAULTS and check every key, type, value and combination (ValueError otherwise)."
     try: key = tuple(sorted(params.items()))
     except TypeError: return _validate(params)  # an unhashable or unorderable value: the long way names it
+    if _names_plugins(params): return _validate(params)  # a plug-in's file may change between two calls: checked every time
     hit = _VALIDATED.get(key)
     if hit is None:
         hit = tuple(_validate(dict(key)).items())
         if len(_VALIDATED) > 50_000: _VALIDATED.clear()
         _VALIDATED[key] = _VALIDATED[tuple(sorted(hit))] = hit
     return dict(hit)
+
+def _attack_names(v) -> list:
+    return [n.strip() for n in v.split(',')] if isinstance(v, str) else []
+
+def _names_plugins(params: dict) -> bool:
+    "Whether `params` name a plug-in (a dataset, arch, method, defense or attack given as package.module:name or file.py:name)."
+    return any(is_plugin(params.get(k)) for k in PLUGIN_PARAMS) or any(is_plugin(n) for n in _attack_names(params.get('attacks')))
 
 def _validate(params: dict) -> dict:
     unknown = sorted(set(params) - set(CELL_DEFAULTS))
@@ -154,6 +183,8 @@ def _validate(params: dict) -> dict:
         p[k] = type(d)(p[k])
         if isinstance(p[k], str) and '\x00' in p[k]:
             raise ValueError(f'parameter {k} holds a NUL byte (\\x00) at character {p[k].index(chr(0))}: no name or path may contain one')
+    for k in PLUGIN_PARAMS: p[k] = canonical_spec(p[k])  # a plug-in file's path made absolute (kernels run elsewhere)
+    if any(is_plugin(n) for n in _attack_names(p['attacks'])): p['attacks'] = ','.join(canonical_spec(n) for n in _attack_names(p['attacks']) if n)
     check_name(p['dataset'], DATASETS, 'dataset'); check_name(p['arch'], ARCHS, 'arch')
     check_name(p['prune_method'], PRUNE_METHODS, 'prune method')
     if p['shadow_prune_method'] != 'same': check_name(p['shadow_prune_method'], PRUNE_METHODS, "shadow prune method (or 'same')")
@@ -179,7 +210,9 @@ def _validate(params: dict) -> dict:
         raise ValueError(f"defense_param must be >= 0 (or -1 for the defense's default), got {p['defense_param']}")
     if p['defense'] != 'none': _make_defense(p)
     _check_device(p['device'])
-    for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}: _check_compatible(p['arch'], p['dataset'], m)
+    p['releases'] = ','.join(f'{s:g}' for s in release_sparsities(p))  # one spelling: '0.9, 0.5' and '0.5,0.9' are one cell
+    for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}:  # pinned: an edited plug-in is probed again
+        _check_compatible(pin_spec(p['arch']), pin_spec(p['dataset']), pin_spec(m))
     effective_attacks(p)
     return p
 
@@ -191,11 +224,12 @@ def resolve_params(params: dict) -> dict:
              shadow_sparsity=p['sparsity'] if p['shadow_sparsity'] == -1 else p['shadow_sparsity'],
              defense_param=float(_make_defense(p).param) if p['defense'] != 'none' else -1.0,
              adaptive=p['adaptive'] and p['defense'] != 'none',  # an adaptive adversary of an undefended victim is the plain one
-             attacks=','.join(n for n in ATTACKS if n in names))  # registry order: 'all' and an explicit list agree
+             attacks=','.join([n for n in ATTACKS if n in names] + [pin_spec(n) for n in names if is_plugin(n)]))  # registry order, then plug-ins as given
+    for k in PLUGIN_PARAMS: p[k] = pin_spec(p[k])  # a plug-in's name carries its source hash into every key made from it
     return p
 
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
-ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none'}
+ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none', 'releases': ''}
 
 def _set_later(p: dict, keys=ADDED_LATER) -> dict:
     "Those of the parameters `keys` (added later) that `p` sets away from their default: the only ones a key may hold."
@@ -209,7 +243,9 @@ def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
     p = resolve_params(params)
     sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC and k not in ADDED_LATER} | _set_later(p)
-    return f"{p['dataset']}-{p['arch']}-{p['prune_method']}-{p['sparsity']:g}-{p['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
+    if plugins := plugin_identity(p): sem['plugins'] = plugins  # only with plug-ins: built-in cells keep their ids
+    n = {k: short_name(p[k]) for k in ('dataset', 'arch', 'prune_method', 'defense')}  # a plug-in's object name: a safe folder name
+    return f"{n['dataset']}-{n['arch']}-{n['prune_method']}-{p['sparsity']:g}-{n['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
 
 
 # %% ../nbs/10_pipeline.ipynb #564192f9
@@ -227,7 +263,7 @@ def _key(info_or_record) -> str:
     "The cache key hash of a dense record or a pruned model's info."
     return info_or_record['key'] if 'key' in info_or_record else Path(info_or_record['cache_entry']).name
 
-def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache, device, keys, progress, other=None):
+def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache, device, keys, progress, other=None, others=None):
     "Features + attacks for one model state (cached by the models' keys and the attack settings): metrics, scores, attack seconds, built here."
     needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
     key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
@@ -235,6 +271,7 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
            'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 4}  # 4: two_release's shared-scale features
     key |= _set_later(p, ('inference',))  # at its default it stays out, as in cell ids: earlier states stay valid
     if other is not None: key['other_release'] = other['keys']
+    if others: key['other_releases'] = {n: o['keys'] for n, o in others.items()}
     built = {}
     def build(tmp: Path):
         built['yes'] = True
@@ -252,6 +289,11 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
             shadow.with_other(shadow_attack_data(other['shadows'], ds, splits, extra_references=other['refs'], population_idx=pop, **okw))
             tgt.with_other(attack_data_for(other['target'], ds, v.train, v.test, reference_models=list(other['shadows']) + other['refs'],
                                            ref_in=ref_in, population_idx=pop, **okw))
+        if others:  # every other release of the same victim, each with its own shadows (the multi-release adversary)
+            okw = {**kw, 'with_sensitivity': False}
+            shadow.with_others({n: shadow_attack_data(o['shadows'], ds, splits, extra_references=o['refs'], population_idx=pop, **okw) for n, o in others.items()})
+            tgt.with_others({n: attack_data_for(o['target'], ds, v.train, v.test, reference_models=list(o['shadows']) + o['refs'], ref_in=ref_in,
+                                                 population_idx=pop, **okw) for n, o in others.items()})
         res = run_attacks(names, shadow, tgt, seed=p['seed'], device=device, epochs=p['attack_epochs'] or None,
                           n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'],
                           epsilon_delta=1.0 / len(splits.victim.train))  # the DP accountant's delta (1/N): the two epsilons compare
@@ -338,7 +380,7 @@ def matched_epochs(pruned_info: dict) -> int:
 def _job_key(kind: str, role: str, q: dict) -> str:
     ident = dict(q, kind=kind, role=role)
     if 'method' in q and not PRUNE_METHODS[q['method']].uses_structured_bn: ident.pop('structured_bn')  # not in its cache key
-    return f"{kind}-{role}-{q['dataset']}-{q['arch']}-s{q['seed']}-{config_hash(ident, 12)}"
+    return f"{kind}-{role}-{short_name(q['dataset'])}-{short_name(q['arch'])}-s{q['seed']}-{config_hash(ident, 12)}"
 
 def _pruned_roles(p: dict) -> list[str]:
     "The roles with a pruned model: the victim, the shadows (unless dense_shadows) and every reference model."
@@ -354,7 +396,18 @@ def cell_models(params: dict, # a cell's parameters (validated and resolved here
     pruned = {r: ModelJob(_job_key('pruned', r, q := model_params(p, r, 'pruned')), 'pruned', r, q, (dense[r].key,)) for r in _pruned_roles(p)}
     controls = [ModelJob(_job_key(k, r, q := model_params(p, r, k)), k, r, q, (dense[r].key,) + ((pruned[r].key,) if k == 'control_matched' else ()))
                 for k in CONTROL_STATES[p['control']] for r in _pruned_roles(p)]
-    return list(dense.values()) + list(pruned.values()) + controls
+    others = {}  # the other releases: the same models the cells at those sparsities train
+    for s in release_sparsities(p):
+        for r in _pruned_roles(p):
+            q = model_params(release_params(p, s), r, 'pruned')
+            j = ModelJob(_job_key('pruned', r, q), 'pruned', r, q, (dense[r].key,)); others[j.key] = j
+    return list(dense.values()) + list(pruned.values()) + list(others.values()) + controls
+
+def release_params(p: dict, # resolved cell parameters
+                   s: float, # the sparsity of one of its other releases
+                  ) -> dict:
+    "The parameters of the cell whose pruned models are release `s` of cell `p`: the same victim and adversary at sparsity `s`."
+    return {**p, 'sparsity': s, 'shadow_sparsity': s, 'releases': ''}
 
 def model_job_record(job: ModelJob, cache_dir) -> Path:
     "Where a finished job records its cache entry (`<cache>/model_jobs/<key>.json`)."
@@ -469,6 +522,7 @@ def run_cell(progress: bool = True, # progress bars
     timings['prune'] = time.time() - t0 - timings['dense']
     pv, pv_info = pruned['victim']
     controls = {k: _control_all(p, k, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress, pruned) for k in CONTROL_STATES[p['control']]}
+    releases = {s: _prune_all(release_params(p, s), ds, dense, refs_dense, ref_splits, cfg, cache, device, progress) for s in release_sparsities(p)}
     if controls: timings['control'] = time.time() - t0 - timings['dense'] - timings['prune']
     K = p['num_shadows']
     dense_keys = [dense.records['victim']['key']] + [dense.records[f'shadow{k}']['key'] for k in range(K)]
@@ -481,6 +535,12 @@ def run_cell(progress: bool = True, # progress bars
                        keys=[_key(pv_info)] + (dense_keys[1:] if p['dense_shadows'] else [_key(pruned[f'shadow{k}'][1]) for k in range(K)])
                             + [_key(pruned[f'reference{r}'][1]) for r in range(R)]),
     }
+    def treated(models: dict) -> dict:  # a treated state: its victim, shadows (dense ones if dense_shadows) and references, with their cache keys
+        return dict(target=models['victim'][0], shadows=dense.shadows if p['dense_shadows'] else [models[f'shadow{j}'][0] for j in range(K)],
+                    refs=[models[f'reference{r}'][0] for r in range(R)],
+                    keys=[_key(models['victim'][1])] + (dense_keys[1:] if p['dense_shadows'] else [_key(models[f'shadow{j}'][1]) for j in range(K)])
+                         + [_key(models[f'reference{r}'][1]) for r in range(R)])
+    other_releases = {'dense': states['dense']} | {f'sparsity {s:g}': treated(m) for s, m in releases.items()}
     for k, ctl in controls.items():  # attacked as the pruned arm is: shadows and references of the same treatment
         states[k] = dict(target=ctl['victim'][0], shadows=dense.shadows if p['dense_shadows'] else [ctl[f'shadow{j}'][0] for j in range(K)],
                          refs=[ctl[f'reference{r}'][0] for r in range(R)],
@@ -505,9 +565,10 @@ def run_cell(progress: bool = True, # progress bars
     for state in cell_states(p):
         s = states[state]
         t1 = time.time()
-        state_names = [n for n in names if n != 'two_release' or state != 'dense']  # two releases: the dense one and the treated one
+        state_names = [n for n in names if not (n == 'two_release' and state == 'dense' or n == 'multi_release' and state != 'pruned')]  # two releases: dense + treated; several: the pruned ones
         met, arr, att_time, built = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, state_names, p, cache, device,
-                                                   s['keys'], progress, other=states['dense'] if state != 'dense' and 'two_release' in names else None)
+                                                   s['keys'], progress, other=states['dense'] if state != 'dense' and 'two_release' in names else None,
+                                                   others=other_releases if 'multi_release' in state_names else None)
         timings[f'attacks_{state}'] = time.time() - t1
         if built: timings[f'attacks_{state}_built'] = att_time  # per attack: seconds spent in this cell
         attack_states[state] = {'cached': not built} | ({} if built else {'seconds_when_built': att_time})  # not work redone here
@@ -531,6 +592,7 @@ def run_cell(progress: bool = True, # progress bars
             'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id'],
             **{f'{k}_victim': {n: v for n, v in ctl['victim'][1].items() if n not in ('history', 'report')} for k, ctl in controls.items()},
             'resolved_params': p}
+    if plugins := plugin_identity(p): prov['plugins'] = plugins  # each plug-in's spec and source hash
     result = CellResult(given, metrics, rows, scores, prov, divergence)
     if out_dir:
         write_run(out_dir, result)

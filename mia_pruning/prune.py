@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as tprune
 import torch_pruning as tp
 from .data import MIADataset, Split, check_name
+import dataclasses
+from .plugins import Registry, describe
 from .train import TrainConfig, TrainHooks, TrainResult, default_train_config, train_model
 
 
@@ -213,7 +215,20 @@ class PruneMethod:
 
 STRUCTURED_BN = ('keep', 'zero')  # 'keep': the study's (BatchNorm untouched); 'zero': true removal
 
-PRUNE_METHODS = {m.name: m for m in [
+_UNITS, _REQUIRES = ('weight', 'filter', 'channel'), ('conv_or_linear', 'conv2d', 'batchnorm')
+
+def _plugin_method(m, # a pruning-method plug-in: a PruneMethod
+                   spec: str, # its pinned spec (the entry's name)
+                  ) -> 'PruneMethod':
+    "The registry entry of a pruning-method plug-in: the PruneMethod, checked and named by its pinned spec."
+    if not isinstance(m, PruneMethod): raise ValueError(f'it is {describe(m)}; expected a mia_pruning.prune.PruneMethod(name, fn, unit, requires, summary)')
+    if not callable(m.fn): raise ValueError(f'its fn is {describe(m.fn)}; expected fn(model, sparsity, **options) pruning in place')
+    if m.unit not in _UNITS or m.requires not in _REQUIRES:
+        raise ValueError(f'unit={m.unit!r}, requires={m.requires!r}; expected unit in {_UNITS} and requires in {_REQUIRES}')
+    if m.needs_data: raise ValueError('needs_data=True; a plug-in method must be one-shot (only the built-in imp retrains inside its schedule)')
+    return dataclasses.replace(m, name=spec)
+
+PRUNE_METHODS = Registry('prune method', {m.name: m for m in [
     PruneMethod('l1_unstructured', _prune_layerwise_magnitude, 'weight', 'conv_or_linear',
                 'per layer, the int(n*s) smallest |w| of every Conv2d and Linear weight'),
     PruneMethod('l1_structured', lambda m, s, structured_bn='keep': _prune_ln_structured(m, s, 1, structured_bn),
@@ -229,7 +244,7 @@ PRUNE_METHODS = {m.name: m for m in [
     PruneMethod('imp', _prune_imp_step, 'weight', 'conv_or_linear',
                 'iterative magnitude pruning with rewinding; prune_model does one global-magnitude step',
                 options=('scope',), needs_data=True),
-]}
+]}, adapt=_plugin_method)
 
 def check_structured_bn(structured_bn) -> str:
     "`structured_bn` if it is one of STRUCTURED_BN; ValueError naming the allowed values otherwise."

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import atomic_write  # core's file helpers import no torch: a report needs none
+from .plugins import short_name  # a plug-in's name fit for a file name
 
 # %% auto #0
 __all__ = ['REQUIRED_COLUMNS', 'MODEL_STATES', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TPR_COLUMNS', 'FAMILIES',
-           'TRADEOFF_COLUMNS', 'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense',
-           'settings', 'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family',
-           'plot_headline', 'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group',
-           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table',
-           'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table', 'two_release_table', 'make_report']
+           'TRADEOFF_COLUMNS', 'RELEASE_ATTACKS', 'SETTING_KEYS', 'RELEASE_COMPARISONS', 'read_summary_csv',
+           'load_summary', 'not_learned', 'standard_adversary', 'no_defense', 'settings', 'attack_order', 'write_file',
+           'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family', 'plot_headline', 'plot_attacks',
+           'tradeoff_table', 'plot_frontier', 'frontier_group', 'plot_defense_frontier', 'defense_table',
+           'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table', 'attack_table', 'accuracy_table',
+           'attack_summary', 'epsilon_table', 'two_release_table', 'release_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -562,39 +564,93 @@ def epsilon_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index()
 
 # %% ../nbs/12_report.ipynb #142a09f7
-def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
-                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Per setting: two_release vs the strongest single-release attack (on the dense or the pruned victim), paired AUC change, verdict."
+RELEASE_ATTACKS = ('two_release', 'multi_release')  # attacks that query several releases: never a single-release baseline
+SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'adaptive')  # what the cells (seeds) of one setting share
+
+def _setting(prm: dict) -> tuple:
+    "The setting of a cell's parameters (its seed left out), `adaptive` as a bool."
+    return tuple(bool(prm.get(k)) if k == 'adaptive' else prm.get(k) for k in SETTING_KEYS)
+
+def _scored_runs(grid_dir, # a grid folder holding runs/
+                 key: str, # a key that scores.npz must hold, e.g. 'pruned__score__two_release'
+                ) -> list[tuple[dict, dict]]:
+    "(params, scores) of every run summary.csv holds whose scores.npz has `key` and whose model states score the same members."
     from mia_pruning.core import load_arrays, load_json
     from mia_pruning.runs import summary_runs
-    from mia_pruning.evidence import metric_value, pooled_paired_difference, verdict
     runs = Path(grid_dir) / 'runs'
     if not runs.is_dir(): raise FileNotFoundError(f'{runs} does not exist: the comparison needs the run folders')
-    groups, best_names = {}, {}
+    found = []
     for rd in summary_runs(grid_dir)[0]:  # the runs summary.csv holds, no others
         try: arr, prm = load_arrays(rd / 'scores.npz'), load_json(rd / 'params.json')['params']
         except Exception: continue
-        if 'pruned__score__two_release' not in arr: continue
-        m = arr['pruned__is_member'].astype(bool)
+        if key not in arr or 'pruned__is_member' not in arr: continue
         if 'dense__is_member' in arr and not np.array_equal(arr['dense__is_member'], arr['pruned__is_member']): continue
+        found.append((prm, arr))
+    if not found: raise ValueError(f"no run under {runs} stores {key.split('__')[-1]} scores")
+    return found
+
+def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
+                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    "Per setting: two_release vs the strongest single-release attack (on the dense or the pruned victim), paired AUC change, verdict."
+    from mia_pruning.evidence import metric_value, pooled_paired_difference, verdict
+    groups, best_names = {}, {}
+    for prm, arr in _scored_runs(grid_dir, 'pruned__score__two_release'):
+        m = arr['pruned__is_member'].astype(bool)
         singles = {f"{k.split('__')[0]}:{k.split('__')[-1]}": v for k, v in arr.items()   # either release alone: 'dense:rmia', 'pruned:loss'
-                   if k.startswith(('pruned__score__', 'dense__score__')) and not k.endswith('two_release') and np.isfinite(v).all()}
+                   if k.startswith(('pruned__score__', 'dense__score__')) and k.split('__')[-1] not in RELEASE_ATTACKS and np.isfinite(v).all()}
         if not singles: continue
         auc = {a: metric_value(v, m) for a, v in singles.items()}
         best = max(auc, key=auc.get)
-        key = (prm.get('dataset'), prm.get('arch'), prm.get('prune_method'), prm.get('sparsity'), prm.get('defense'), bool(prm.get('adaptive')))
+        key = _setting(prm)
         groups.setdefault(key, []).append((singles[best], arr['pruned__score__two_release'], m))
         best_names.setdefault(key, []).append(best)
-    if not groups: raise ValueError(f'no run under {runs} stores two_release scores')
+    if not groups: raise ValueError(f'no run under {Path(grid_dir) / "runs"} stores a single-release attack beside two_release')
     rows = []
     for key, g in groups.items():
         r = pooled_paired_difference(g, 'auc', n_boot=n_boot, seed=seed)
         v, why = verdict(r['lo'], r['hi'], direction=1)
-        rows.append(dict(zip(('dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'adaptive'), key),
+        rows.append(dict(zip(SETTING_KEYS, key),
                          cells=len(g), best_single=','.join(sorted(set(best_names[key]))), auc_best_single=r['a'],
                          auc_two_release=r['b'], auc_change=r['diff'], lo=r['lo'], hi=r['hi'], verdict=v))
     return pd.DataFrame(rows)
 
+
+# %% ../nbs/12_report.ipynb #10e13918
+RELEASE_COMPARISONS = (('single', 'two_release'), ('single', 'multi_release'), ('two_release', 'multi_release'))  # (A, B): B - A
+
+def release_table(runs, # a grid folder holding runs/, or a list of (params, scores) pairs with scores.npz's keys
+                  single: tuple = ('lira_offline', 'rmia'), # single-release attacks on the attacked release (multi_release's inputs)
+                  margin: float = 0.02, # the smallest AUC change that matters, both ways (as in mia_pruning.claims)
+                  alpha: float = 0.05, # 1 - confidence level
+                 ) -> pd.DataFrame:
+    "Per setting: best single-release attack vs two releases vs all releases, AUC changes paired per seed (DeLong) and combined over seeds (random effects)."
+    from mia_pruning.evidence import metric_value, paired_change, random_effects, verdict_label
+    pairs = _scored_runs(runs, 'pruned__score__multi_release') if isinstance(runs, (str, Path)) else list(runs)
+    per = {}  # (setting, comparison) -> per-seed paired changes; setting -> best single names
+    names = {}
+    for prm, arr in pairs:
+        m = np.asarray(arr['pruned__is_member'], bool)
+        cand = {a: arr[f'pruned__score__{a}'] for a in single if f'pruned__score__{a}' in arr and np.isfinite(arr[f'pruned__score__{a}']).all()}
+        if not cand: continue
+        best = max(cand, key=lambda a: metric_value(cand[a], m))
+        arms = {'single': cand[best], **{a: arr[f'pruned__score__{a}'] for a in RELEASE_ATTACKS if f'pruned__score__{a}' in arr}}
+        key = _setting(prm) + (prm.get('releases'),)
+        names.setdefault(key, set()).add(best)
+        for a, b in RELEASE_COMPARISONS:
+            if a in arms and b in arms: per.setdefault((key, (a, b)), []).append(paired_change(arms[a], arms[b], m, 'auc'))
+    if not per: raise ValueError(f'no run holds multi_release or two_release scores beside one of {list(single)} on the pruned release')
+    rows = []
+    for (key, (a, b)), pcs in per.items():
+        r = random_effects([p['diff'] for p in pcs], [p['se'] for p in pcs], alpha=alpha)
+        label, why = verdict_label(r['lo'], r['hi'], margin)
+        rows.append({**dict(zip(SETTING_KEYS + ('releases',), key)), 'comparison': f'{b} - {a}',
+                     'a': ','.join(sorted(names[key])) if a == 'single' else a, 'b': b, 'seeds': len(pcs),
+                     'auc_a': float(np.mean([p['a'] for p in pcs])), 'auc_b': float(np.mean([p['b'] for p in pcs])),
+                     'change': r['estimate'], 'lo': r['lo'], 'hi': r['hi'], 'se': r['se'],
+                     'member_se': float(np.sqrt(np.mean([p['se'] ** 2 for p in pcs]))), 'seed_sd': r['seed_sd'],
+                     'interval': r['interval'], 'verdict': label, 'reason': why})
+    out = pd.DataFrame(rows)
+    return out.drop(columns='releases') if out['releases'].isna().all() else out
 
 # %% ../nbs/12_report.ipynb #30bc1175
 def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and runs/)
@@ -614,7 +670,7 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
     def figure(name, draw):
         p = figs / f'{name}.png'; draw(p); return p
     for dataset, arch in settings(df):
-        tag = f'{dataset}_{arch}'
+        tag = f'{short_name(dataset)}_{short_name(arch)}'  # a plug-in's short name: its spec holds '/' and ':', no file name may
         attempt(f'headline_{tag}', lambda: figure(f'headline_{tag}', lambda p: plot_headline(df, dataset, arch, path=p)))
         attempt(f'attack_vs_sparsity_{tag}', lambda: figure(f'attack_vs_sparsity_{tag}', lambda p: plot_vs_sparsity(df, dataset, arch, path=p)))
         attempt(f'attacks_{tag}', lambda: figure(f'attacks_{tag}', lambda p: plot_attacks(df, dataset, arch, path=p)))
@@ -642,4 +698,11 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
         attempt('exposure', exposure_page)
         attempt('two_release', lambda: table('two_release', '### Two releases (dense + pruned) vs the strongest single-release attack (either model alone), '
                                               'AUC paired on the same members\n\n' + md_table(two_release_table(out_dir))))
+        if 'multi_release' in set(df['attack']):  # cells with several releases: single vs two vs all, paired per seed
+            def releases():
+                t = release_table(out_dir)
+                write_file(tabs / 'releases.csv', lambda f: f.write(t.to_csv(index=False).encode()))
+                return table('releases', '### One release, two releases, all releases: AUC changes paired per seed (DeLong), seeds by random effects\n\n'
+                             + md_table(t.drop(columns=[c for c in ('se', 'interval', 'reason') if c in t])))
+            attempt('releases', releases)
     return {'written': written, 'skipped': skipped}

@@ -28,8 +28,8 @@ def _auc(res, name): return res[name].metrics['auc']
 
 
 def test_registry_and_names():
-    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE + ['qmia', 'two_release']
-    assert resolve_attacks('all') == list(ATTACKS)
+    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE + ['qmia', 'two_release', 'multi_release']
+    assert resolve_attacks('all') == list(ATTACKS)[:-1] and resolve_attacks('all', releases=True) == list(ATTACKS)  # several releases: only where a cell has them
     assert resolve_attacks(' conf,gap ,conf') == ['conf', 'gap']
     with pytest.raises(ValueError, match="known attacks: \\['gap'"): resolve_attacks(['conf', 'lira'])
     assert ATTACKS['samia'].needs_sensitivity and not ATTACKS['nn'].needs_sensitivity

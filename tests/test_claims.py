@@ -151,12 +151,23 @@ def test_recorded_paths_are_relative(up, tmp_path):
 def test_committed_study_tables_recompute_byte_for_byte(tmp_path):
     "The committed claims tables are what the code computes from the committed summary.csv."
     root = Path(__file__).resolve().parents[1]
-    for grid in ('study', 'quick'):
+    for grid in ('study', 'quick', 'study_tabular'):
         src = root / 'outputs' / grid
         g = tmp_path / 'outputs' / grid
         g.mkdir(parents=True); shutil.copy(src / 'summary.csv', g / 'summary.csv')
+        if (src / 'runs').is_dir(): shutil.copytree(src / 'runs', g / 'runs')  # committed run folders: per-sample scores
         for p in C.write_claims_tables(g):
             assert p.read_bytes() == (C.claims_dir(src) / p.name).read_bytes(), f'{grid}: {p.name} differs'
+
+
+def test_committed_claims_across_datasets_recompute_byte_for_byte(tmp_path):
+    "outputs/claims_across.{csv,md}: each claim's label per dataset, from the grids' committed claims tables."
+    root = Path(__file__).resolve().parents[1] / 'outputs'
+    grids = {'fashion_mnist': root / 'study', 'letter': root / 'study_tabular'}
+    for p in C.write_claims_across(grids, tmp_path):
+        assert p.read_bytes() == (root / p.name).read_bytes(), f'{p.name} differs'
+    t = C.claims_across(grids)
+    assert {'fashion_mnist', 'letter', 'across'} <= set(t.columns) and t['claim'].str.startswith('a:').any()
 
 
 def test_empty_tables_round_trip(tmp_path):
@@ -223,3 +234,15 @@ def test_overall_verdict():
     assert C.overall_verdict(['not tested']) == 'not tested'
     assert C.overall_verdict([]) == 'no data'
     assert set(LABELS) >= {'raised', 'raised, below the margin', 'no change within the margin', 'lowered', 'inconclusive', 'not tested'}
+
+
+def test_cells_of_the_several_release_adversary_stay_out_of_the_claims(tmp_path):
+    "A cell with `releases` repeats its siblings' models (same seed, same setting): the claims ignore it, not count the seed twice."
+    g = C.make_synthetic_grid(tmp_path / 'rel', seeds=SEEDS, shift=0.1); shutil.rmtree(g / 'runs')
+    s = pd.read_csv(g / 'summary.csv')
+    before = C.claim_tables(g)
+    extra = s.assign(cell_id=s['cell_id'] + 'r', releases='0.5,0.9')
+    pd.concat([s, extra]).to_csv(g / 'summary.csv', index=False)
+    after = C.claim_tables(g)
+    assert after['verdicts']['verdict'].tolist() == before['verdicts']['verdict'].tolist()
+    assert after['risk']['change'].equals(before['risk']['change']) and before['risk']['seeds'].tolist() == after['risk']['seeds'].tolist()

@@ -87,6 +87,14 @@ def test_argparse_errors_exit_2(capsys):
     assert e.value.code == 2
 
 
+def test_grid_help_names_every_preset(capsys):
+    "The --preset help is written out (the parser imports no grid code); it must name every preset there is."
+    from mia_pruning.gridspec import PRESETS
+    with pytest.raises(SystemExit): cli.main(['grid', '--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert all(name in text for name in PRESETS), [n for n in PRESETS if n not in text]
+
+
 def test_bad_yaml_exits_2(tmp_path, capsys):
     (tmp_path / 'g.yaml').write_text('name: g\naxes:\n  sparsity: [0.5, 2.0]\nfixed: {dataset: digits, arch: mlp}\n')
     code, out, err = run(['grid', str(tmp_path / 'g.yaml')], capsys)

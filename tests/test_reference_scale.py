@@ -3,7 +3,7 @@ target side (where they are applied) on one scale for every reference count, or 
 import numpy as np
 import pytest
 from mia_pruning.attacks import (lira_scores, out_reference_sd, ref_z, rmia_scores, run_attacks, synthetic_attack_data,
-                                 synthetic_release_pair, two_release_features)
+                                 synthetic_release_pair, synthetic_releases, multi_release_features, two_release_features)
 
 OVERLAP = 0.45  # a shadow record is in another shadow's training set about this often (shadows re-split one pool)
 
@@ -34,6 +34,26 @@ def test_two_release_features_have_one_scale_on_both_sides(design, count):
     if not has_refs: assert any('left out' in n for n in f.notes), f.notes
     if design == 'references' and count == 1:  # one OUT reference per record anywhere: no variance, z in logit units, noted
         assert f.lira_sd == {'dense': 1.0, 'pruned': 1.0} and any('logit units' in n for n in f.notes), f.notes
+
+
+@pytest.mark.parametrize('design', ['shadows', 'references'])
+@pytest.mark.parametrize('count', [1, 2, 4])
+def test_multi_release_features_have_one_scale_on_both_sides(design, count):
+    "Every release's columns (and their changes from the dense release) have the same spread on the shadow and the target side."
+    (rs, frac), rt = ((count - 1, OVERLAP), count) if design == 'shadows' else ((count, 0.0), count)
+    kw = dict(shifts=(0.0,) * 4, names=('dense', 's0.5', 's0.7'), shared=0.5)
+    sh = synthetic_releases(3000, num_refs=rs, ref_in_frac=frac, seed=8, **kw)
+    tg = synthetic_releases(3000, num_refs=rt, seed=9, **kw)
+    f = multi_release_features(sh, tg)
+    assert np.isfinite(f.shadow[f.shadow_rows]).all() and np.isfinite(f.target).all()
+    has_refs = not (design == 'shadows' and count == 1)
+    assert len(f.names) == (3 if has_refs else 1) * (4 + 3), f.names
+    for j, name in enumerate(f.names):
+        r = _ratio(f.shadow[f.shadow_rows, j], f.target[:, j])
+        assert 1 / 3 < r < 3, (design, count, name, r)
+    if has_refs: assert sorted(f.lira_sd) == ['attacked', 'dense', 's0.5', 's0.7']  # each release its own OUT sd, shared by both sides
+    if design == 'references' and count == 1: assert set(f.lira_sd.values()) == {1.0} and any('logit units' in n for n in f.notes)
+    assert abs(run_attacks(['multi_release'], sh, tg)['multi_release'].metrics['auc'] - 0.5) < 0.05  # a null case stays at chance
 
 
 def test_out_reference_sd_pools_within_records_and_counts_degrees_of_freedom():
