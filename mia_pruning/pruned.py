@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, time, contextlib
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
@@ -95,6 +95,28 @@ def pruned_model_key(dense_hash: str, # identifies the dense model (its `state_h
     if PRUNE_METHODS[method].uses_structured_bn: key['structured_bn'] = check_structured_bn(structured_bn)
     return key
 
+def _cached_treatment(kind: str, # the cache kind: 'pruned_model' or 'control_model'
+                     key: dict, # the model's cache key
+                     make: Callable, # () -> (treated model, info without accuracies): runs only when the cache lacks the entry
+                     arch: str, ds: MIADataset, split: Split, d: Defense, cache: ArtifactCache, device=None,
+                     **extra, # added to the returned info (not stored)
+                    ) -> tuple[nn.Module, dict]:
+    "The tail both treatments share: build once (accuracies and build seconds added, model and info saved), then load back as every reader does."
+    built = {}
+    def build(tmp: Path):
+        t0 = time.time()
+        model, info = make()
+        info |= {'train_acc': accuracy(model, ds, split.train, device=device), 'test_acc': accuracy(model, ds, split.test, device=device),
+                 'seconds': time.time() - t0}
+        save_pruned(tmp / 'model.pt', model, {'key': key})
+        save_json(tmp / 'info.json', info)
+        built['yes'] = True
+    entry = cache.get_or_build(kind, key, build)
+    model, _ = load_pruned(entry / 'model.pt', arch, ds.num_classes, ds.input_shape, defense=d)
+    info = load_json(entry / 'info.json') | {'cache_hit': not built, 'cache_entry': str(entry), 'defense_name': d.name,
+                                             'defense_param': d.param, **extra}
+    return model.to(get_device(device or 'auto')), info
+
 def pruned_model(dense_model: nn.Module, # the trained dense model (not modified)
                  ds: MIADataset, # the data pool
                  split: Split, # the model's train / dev / test indices
@@ -122,9 +144,7 @@ def pruned_model(dense_model: nn.Module, # the trained dense model (not modified
     cfg = cfg or default_train_config(ds.kind)
     cache = cache if isinstance(cache, ArtifactCache) else ArtifactCache(cache)
     key = pruned_model_key(dense_hash or state_hash(dense_model), ds, split, arch, method, s, cfg, seed, d, sbn, options)
-    built = {}
-    def build(tmp: Path):
-        t0 = time.time()
+    def make():
         d.bind(ds, split, seed, device)   # a fresh objective for this run's data
         if spec.needs_data:  # it retrains inside: its whole schedule, from a fresh initialisation
             o = dict(key['options']); init_seed = o.pop('init_seed')
@@ -140,20 +160,11 @@ def pruned_model(dense_model: nn.Module, # the trained dense model (not modified
             model, tuned = d.fine_tune(model, ds, split, cfg, seed=seed, device=device, progress=progress)
         report = sparsity_report(model, method, s, input_shape=ds.input_shape)
         bake_masks(model)
-        info = {'method': method, 'sparsity': s, 'arch': arch, 'dataset': ds.name, 'seed': int(seed),
-                'defense': key['defense'], 'options': key['options'], 'report': report,
-                **{k: v for k, v in tuned.items() if k not in ('defense', 'seconds')},
-                'train_acc': accuracy(model, ds, split.train, device=device),
-                'test_acc': accuracy(model, ds, split.test, device=device), 'seconds': time.time() - t0}
-        save_pruned(tmp / 'model.pt', model, {'key': key})
-        save_json(tmp / 'info.json', info)
-        built['yes'] = True
-    entry = cache.get_or_build('pruned_model', key, build)
-    model, _ = load_pruned(entry / 'model.pt', arch, ds.num_classes, ds.input_shape, defense=d)
-    info = load_json(entry / 'info.json') | {
-        'cache_hit': not built, 'cache_entry': str(entry), 'defense_name': d.name, 'defense_param': d.param,
-        'structured_bn': sbn, 'structured_bn_applies': PRUNE_METHODS[method].uses_structured_bn}
-    return model.to(get_device(device or 'auto')), info
+        return model, {'method': method, 'sparsity': s, 'arch': arch, 'dataset': ds.name, 'seed': int(seed),
+                       'defense': key['defense'], 'options': key['options'], 'report': report,
+                       **{k: v for k, v in tuned.items() if k not in ('defense', 'seconds')}}
+    return _cached_treatment('pruned_model', key, make, arch, ds, split, d, cache, device,
+                            structured_bn=sbn, structured_bn_applies=PRUNE_METHODS[method].uses_structured_bn)
 
 
 # %% ../nbs/08a_pruned.ipynb #0cb0ab93
@@ -210,9 +221,7 @@ def control_model(dense_model: nn.Module, # the trained dense model (not modifie
     cfg = cfg or default_train_config(ds.kind)
     cache = cache if isinstance(cache, ArtifactCache) else ArtifactCache(cache)
     key = control_model_key(dense_hash or state_hash(dense_model), ds, split, arch, cfg, seed, d, epochs)
-    built = {}
-    def build(tmp: Path):
-        t0 = time.time()
+    def make():
         model = clone_model(dense_model)
         if epochs is None:
             model, tuned = d.fine_tune(model, ds, split, cfg, seed=seed, device=device, progress=progress)
@@ -227,18 +236,10 @@ def control_model(dense_model: nn.Module, # the trained dense model (not modifie
                      'best_dev_epoch': res.best_epoch}  # the released weights are the last epoch's
             if hasattr(obj, 'finish'): tuned[f'{d.name}_history'] = obj.finish()
         report = sparsity_report(model, input_shape=ds.input_shape)
-        info = {'variant': key['variant'], 'arch': arch, 'dataset': ds.name, 'seed': int(seed), 'defense': key['defense'], 'report': report,
-                'measured_sparsity': report['weight_sparsity'], 'epochs_cap': ft.epochs, 'patience': ft.patience,
-                **{k: v for k, v in tuned.items() if k not in ('defense', 'seconds')},
-                'train_acc': accuracy(model, ds, split.train, device=device),
-                'test_acc': accuracy(model, ds, split.test, device=device), 'seconds': time.time() - t0}
-        save_pruned(tmp / 'model.pt', model, {'key': key})
-        save_json(tmp / 'info.json', info)
-        built['yes'] = True
-    entry = cache.get_or_build('control_model', key, build)
-    model, _ = load_pruned(entry / 'model.pt', arch, ds.num_classes, ds.input_shape, defense=d)
-    info = load_json(entry / 'info.json') | {'cache_hit': not built, 'cache_entry': str(entry), 'defense_name': d.name, 'defense_param': d.param}
-    return model.to(get_device(device or 'auto')), info
+        return model, {'variant': key['variant'], 'arch': arch, 'dataset': ds.name, 'seed': int(seed), 'defense': key['defense'], 'report': report,
+                       'measured_sparsity': report['weight_sparsity'], 'epochs_cap': ft.epochs, 'patience': ft.patience,
+                       **{k: v for k, v in tuned.items() if k not in ('defense', 'seconds')}}
+    return _cached_treatment('control_model', key, make, arch, ds, split, d, cache, device)
 
 
 # %% ../nbs/08a_pruned.ipynb #f499a99a

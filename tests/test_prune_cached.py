@@ -81,6 +81,7 @@ def test_one_key_definition():
     "Exactly one definition of the pruned-model cache key in the package."
     import pathlib, re
     src = {p.name: p.read_text() for p in pathlib.Path(P.__file__).parent.glob('*.py') if p.name != '_modidx.py'}
-    builds = [n for n, s in src.items() for _ in re.finditer(r"get_or_build\(\s*'(dp_)?pruned_model'", s)]
+    builds = [n for n, s in src.items() for _ in re.finditer(r"(get_or_build|_cached_treatment)\(\s*'(dp_)?pruned_model'", s)]
     assert builds == ['pruned.py']
+    assert len(re.findall(r"get_or_build\(", src['pruned.py'])) == 1  # the one cache tail pruned and control models share
     assert sum(len(re.findall(r"'recipe': cfg\.key\(\) if PRUNE_METHODS\[method\]\.needs_data", s)) for s in src.values()) == 1  # the recipe part of the key
