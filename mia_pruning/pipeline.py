@@ -103,6 +103,9 @@ def effective_attacks(p: dict) -> tuple[list[str], dict]:
     if 'multi_release' in names and p['dense_shadows']:
         if explicit: raise ValueError('multi_release needs pruned shadows at every release; with dense_shadows=True the adversary has none')
         skipped['multi_release'] = 'dense_shadows: no pruned shadows'
+    if p['releases'] and ('multi_release' not in names or 'multi_release' in skipped):  # its models would be trained for nothing
+        raise ValueError(f"releases={p['releases']!r} is read only by the multi_release attack, which this cell does not run "
+                         f"({'dense_shadows=True' if p['dense_shadows'] else 'attacks=' + repr(p['attacks'])}); drop releases or run multi_release")
     if p['num_references'] % 2: raise ValueError(f"num_references must be even (each candidate is IN for exactly half), got {p['num_references']}")
     if 'lira_online' in names and p['num_references'] < LIRA_ONLINE_MIN_REFERENCES:
         if explicit: raise ValueError(f"lira_online needs num_references >= {LIRA_ONLINE_MIN_REFERENCES} (each candidate is IN for half of "
@@ -284,16 +287,18 @@ def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache
         ref_in = victim_ref_in(splits, idx, ref_masks if len(refs) else None)
         tgt = attack_data_for(target, ds, v.train, v.test, reference_models=list(shadows) + refs, ref_in=ref_in,
                               population_idx=pop, with_inputs='qmia' in names, **kw)
-        if other is not None:  # the same records through the other release: shadows as (dense, pruned) pairs
-            okw = {**kw, 'with_sensitivity': False}
-            shadow.with_other(shadow_attack_data(other['shadows'], ds, splits, extra_references=other['refs'], population_idx=pop, **okw))
-            tgt.with_other(attack_data_for(other['target'], ds, v.train, v.test, reference_models=list(other['shadows']) + other['refs'],
-                                           ref_in=ref_in, population_idx=pop, **okw))
-        if others:  # every other release of the same victim, each with its own shadows (the multi-release adversary)
-            okw = {**kw, 'with_sensitivity': False}
-            shadow.with_others({n: shadow_attack_data(o['shadows'], ds, splits, extra_references=o['refs'], population_idx=pop, **okw) for n, o in others.items()})
-            tgt.with_others({n: attack_data_for(o['target'], ds, v.train, v.test, reference_models=list(o['shadows']) + o['refs'], ref_in=ref_in,
-                                                 population_idx=pop, **okw) for n, o in others.items()})
+        seen = {}
+        def through(o: dict) -> tuple:  # the same records through another release (its own shadows), queried once per state
+            if id(o) not in seen:
+                okw = {**kw, 'with_sensitivity': False}
+                seen[id(o)] = (shadow_attack_data(o['shadows'], ds, splits, extra_references=o['refs'], population_idx=pop, **okw),
+                               attack_data_for(o['target'], ds, v.train, v.test, reference_models=list(o['shadows']) + o['refs'],
+                                               ref_in=ref_in, population_idx=pop, **okw))
+            return seen[id(o)]
+        if other is not None:  # the two-release adversary: shadows as (dense, pruned) pairs
+            s_, t_ = through(other); shadow.with_other(s_); tgt.with_other(t_)
+        if others:  # the multi-release adversary: every other release of the same victim ('dense' is `other` when both run)
+            shadow.with_others({n: through(o)[0] for n, o in others.items()}); tgt.with_others({n: through(o)[1] for n, o in others.items()})
         res = run_attacks(names, shadow, tgt, seed=p['seed'], device=device, epochs=p['attack_epochs'] or None,
                           n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'],
                           epsilon_delta=1.0 / len(splits.victim.train))  # the DP accountant's delta (1/N): the two epsilons compare
@@ -520,32 +525,22 @@ def run_cell(progress: bool = True, # progress bars
     timings['dense'] = time.time() - t0
     pruned = _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress)
     timings['prune'] = time.time() - t0 - timings['dense']
-    pv, pv_info = pruned['victim']
+    pv_info = pruned['victim'][1]
     controls = {k: _control_all(p, k, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress, pruned) for k in CONTROL_STATES[p['control']]}
     releases = {s: _prune_all(release_params(p, s), ds, dense, refs_dense, ref_splits, cfg, cache, device, progress) for s in release_sparsities(p)}
     if controls: timings['control'] = time.time() - t0 - timings['dense'] - timings['prune']
     K = p['num_shadows']
     dense_keys = [dense.records['victim']['key']] + [dense.records[f'shadow{k}']['key'] for k in range(K)]
-    states = {
-        'dense': dict(target=dense.victim, shadows=dense.shadows, refs=[m for m, _ in refs_dense],
-                      keys=dense_keys + [r['key'] for _, r in refs_dense]),
-        'pruned': dict(target=pv,
-                       shadows=dense.shadows if p['dense_shadows'] else [pruned[f'shadow{k}'][0] for k in range(K)],
-                       refs=[pruned[f'reference{r}'][0] for r in range(R)],
-                       keys=[_key(pv_info)] + (dense_keys[1:] if p['dense_shadows'] else [_key(pruned[f'shadow{k}'][1]) for k in range(K)])
-                            + [_key(pruned[f'reference{r}'][1]) for r in range(R)]),
-    }
     def treated(models: dict) -> dict:  # a treated state: its victim, shadows (dense ones if dense_shadows) and references, with their cache keys
         return dict(target=models['victim'][0], shadows=dense.shadows if p['dense_shadows'] else [models[f'shadow{j}'][0] for j in range(K)],
                     refs=[models[f'reference{r}'][0] for r in range(R)],
                     keys=[_key(models['victim'][1])] + (dense_keys[1:] if p['dense_shadows'] else [_key(models[f'shadow{j}'][1]) for j in range(K)])
                          + [_key(models[f'reference{r}'][1]) for r in range(R)])
+    states = {'dense': dict(target=dense.victim, shadows=dense.shadows, refs=[m for m, _ in refs_dense],
+                            keys=dense_keys + [r['key'] for _, r in refs_dense]),
+              'pruned': treated(pruned),
+              **{k: treated(ctl) for k, ctl in controls.items()}}  # the control arm is attacked as the pruned one: shadows and references of its treatment
     other_releases = {'dense': states['dense']} | {f'sparsity {s:g}': treated(m) for s, m in releases.items()}
-    for k, ctl in controls.items():  # attacked as the pruned arm is: shadows and references of the same treatment
-        states[k] = dict(target=ctl['victim'][0], shadows=dense.shadows if p['dense_shadows'] else [ctl[f'shadow{j}'][0] for j in range(K)],
-                         refs=[ctl[f'reference{r}'][0] for r in range(R)],
-                         keys=[_key(ctl['victim'][1])] + (dense_keys[1:] if p['dense_shadows'] else [_key(ctl[f'shadow{j}'][1]) for j in range(K)])
-                              + [_key(ctl[f'reference{r}'][1]) for r in range(R)])
     models_use = cache_use(cache.events)  # the models (and splits) this cell trained vs found
     dr = dense.records['victim']
     acc = {'dense': fit_diagnostics(accuracy(dense.victim, ds, sp.victim.train), accuracy(dense.victim, ds, sp.victim.test), dr['history'],

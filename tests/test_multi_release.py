@@ -143,6 +143,8 @@ def test_releases_are_validated_before_any_work_and_spelled_one_way():
     for bad, msg in (('0.7', "cell's own sparsity"), ('x', 'comma-separated'), ('0.5,0.5', 'twice'), ('1.5', "releases '1.5'")):
         with pytest.raises(ValueError, match=msg): P.validate_params({**CELL, 'releases': bad})
     with pytest.raises(ValueError, match='releases'): P.validate_params({**CELL, 'releases': ''})  # multi_release named, no releases
+    with pytest.raises(ValueError, match='read only by the multi_release'): P.validate_params({**CELL, 'attacks': 'conf'})  # models for nothing
+    with pytest.raises(ValueError, match='dense_shadows'): P.validate_params({**CELL, 'attacks': 'all', 'dense_shadows': True})
     plain = {k: v for k, v in CELL.items() if k != 'releases'} | {'attacks': 'all'}
     assert 'multi_release' not in P.resolve_params(plain)['attacks'].split(',')  # 'all' without releases: today's attacks, today's id
     assert 'multi_release' in P.resolve_params({**plain, 'releases': '0.5'})['attacks'].split(',')
@@ -153,7 +155,7 @@ def test_a_cell_with_releases_plans_the_pruned_models_of_the_cells_at_those_spar
     for s in (0.5, 0.9):
         other = {k: v for k, v in CELL.items() if k != 'releases'} | {'sparsity': s, 'attacks': 'conf'}
         assert {j.key for j in P.cell_models(other) if j.kind == 'pruned'} <= jobs
-    assert len(jobs) == len(P.cell_models({**CELL, 'releases': '0.5', 'attacks': 'conf'})) + 3  # one more release: victim and 2 shadows
+    assert len(jobs) == len(P.cell_models({**CELL, 'releases': '0.5'})) + 3  # one more release: victim and 2 shadows
 
 
 def test_a_cell_loads_exactly_the_release_models_its_plan_built(tmp_path):
