@@ -24,18 +24,18 @@ from .train import TrainConfig, default_train_config, train_cached
 
 
 # %% auto #0
-__all__ = ['ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN', 'TWO_RELEASE_MIN_ROWS',
-           'MULTI_RELEASE_MIN_OTHERS', 'ATTACKED', 'ATTACKS', 'CHECK_KEYS', 'synthetic_attack_data', 'gap_value',
-           'conf_value', 'entropy_value', 'mentr_value', 'loss_value', 'fit_class_thresholds', 'AttackMLP',
-           'nn_features', 'nn_top3_features', 'nn_cls_features', 'SAMIA', 'samia_features', 'default_attack_epochs',
-           'attack_milestones', 'train_attack_model', 'member_probability', 'recipe_for', 'tuned_inputs',
-           'stratified_holdout', 'balanced_accuracy_interval', 'plain_train_attack_model', 'lira_valid', 'lira_scores',
-           'rmia_valid', 'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population',
-           'synthetic_releases', 'synthetic_release_pair', 'out_reference_sd', 'ref_z', 'TwoReleaseFeatures',
-           'two_release_features', 'multi_release_features', 'AttackContext', 'Attack', 'AttackResult',
-           'resolve_attacks', 'check_requirements', 'training_check', 'run_attacks', 'results_frame',
-           'shadow_attack_data', 'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask',
-           'population_indices']
+__all__ = ['ATTACK_PATIENCE', 'ATTACK_STOPS', 'ATTACK_RECIPES', 'LOG_INPUT_FLOOR', 'ATTACK_CHECKS', 'LIRA_ONLINE_MIN_IN',
+           'TWO_RELEASE_MIN_ROWS', 'MULTI_RELEASE_MIN_OTHERS', 'ATTACKED', 'SIGNALS', 'REQUIREMENTS', 'ATTACKS',
+           'CHECK_KEYS', 'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value',
+           'loss_value', 'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features',
+           'SAMIA', 'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model',
+           'member_probability', 'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval',
+           'plain_train_attack_model', 'lira_valid', 'lira_scores', 'rmia_valid', 'rmia_scores', 'lsc_from_py',
+           'qmia_features', 'qmia_margin', 'qmia_min_population', 'synthetic_releases', 'synthetic_release_pair',
+           'out_reference_sd', 'ref_z', 'TwoReleaseFeatures', 'two_release_features', 'multi_release_features',
+           'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements', 'training_check',
+           'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models', 'AttackData',
+           'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -183,6 +183,8 @@ def samia_features(d: AttackData) -> np.ndarray:
 
 
 # %% ../nbs/06_attacks.ipynb #1513ecb8
+ATTACK_PATIENCE = 10  # early stopping's patience (attack_stop='heldout'): epochs without a lower held-out loss
+
 def default_attack_epochs() -> int:
     "The study's 100 epochs, or 3 under IN_TEST."
     return 3 if in_test() else 100
@@ -205,9 +207,14 @@ def train_attack_model(model: nn.Module, # a fresh attack model with 2 outputs
                        device=None, # default: auto
                        progress: bool | None = False, # tqdm bar over epochs (None: automatic)
                        desc: str = 'attack', # bar label
+                       x_val: np.ndarray | None = None, # held-out shadow features: stop early on their loss (with y_val)
+                       y_val: np.ndarray | None = None, # held-out shadow membership
+                       patience: int = ATTACK_PATIENCE, # epochs without a lower held-out loss before stopping (the best epoch's weights return)
                       ) -> tuple[nn.Module, list[float]]:
     "Train a 2-way membership classifier (the study's SGD recipe by default); return it (eval mode) and per-epoch losses."
     epochs = default_attack_epochs() if epochs is None else int(epochs)
+    if (x_val is None) != (y_val is None): raise ValueError('early stopping needs both x_val and y_val')
+    if x_val is not None and patience < 1: raise ValueError(f'patience must be >= 1, got {patience}')
     if epochs < 1: raise ValueError(f'epochs must be >= 1, got {epochs}')
     if optimizer not in ('sgd', 'adam'): raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     dev = get_device(device or 'auto')
@@ -219,7 +226,7 @@ def train_attack_model(model: nn.Module, # a fresh attack model with 2 outputs
     ms = attack_milestones(epochs) if milestones is None else [int(m) for m in milestones]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, ms, gamma=0.1)
     gen = torch.Generator().manual_seed(seed)
-    history = []
+    history, best = [], None
     with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
         torch.manual_seed(seed)
         for _ in tqdm(range(epochs), desc=desc, disable=bar_disabled(progress), leave=False):
@@ -233,7 +240,27 @@ def train_attack_model(model: nn.Module, # a fresh attack model with 2 outputs
                 total += loss.detach() * len(b); count += len(b)  # no per-step host sync
             sched.step(); history.append(total.item() / max(count, 1))
             if not math.isfinite(history[-1]): raise FloatingPointError(f'attack training diverged (loss {history[-1]})')
+            if x_val is not None:  # early stopping on the held-out loss: keep the best epoch's weights
+                v = _heldout_loss(model, x_val, y_val)
+                if best is None or v < best[0]: best = (v, len(history) - 1, {k: t.detach().clone() for k, t in model.state_dict().items()})
+                elif len(history) - 1 - best[1] >= patience: break
+                model.train()
+    if x_val is not None:
+        model.load_state_dict(best[2]); history = history[:best[1] + 1]  # the released model is the best epoch's
     return model.eval(), history
+
+ATTACK_STOPS = ('epochs', 'heldout')  # the study's fixed schedule, or early stopping on the held-out shadow loss
+
+@torch.no_grad()
+def _heldout_loss(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 4096) -> float:
+    "Mean cross-entropy of `model` (eval mode) on held-out rows."
+    dev = next(model.parameters()).device
+    model.eval(); tot = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = torch.as_tensor(np.asarray(x[i:i + batch_size], np.float32), device=dev)
+        yb = torch.as_tensor(np.asarray(y[i:i + batch_size]).astype(np.int64), device=dev)
+        tot += nn.functional.cross_entropy(model(xb), yb, reduction='sum').item()
+    return tot / len(x)
 
 @torch.inference_mode()
 def member_probability(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -654,6 +681,7 @@ class AttackContext:
     name: str = 'attack'
     recipe: str = 'study'  # learned attacks: a key of ATTACK_RECIPES
     check: str = 'refit'  # learned attacks: how the held-out shadow accuracy is measured (ATTACK_CHECKS)
+    stop: str = 'epochs'  # learned attacks: 'epochs' (the study's fixed schedule) or 'heldout' (early stopping on the held-out loss)
 
 def _threshold_attack(value_fn, per_class: bool):
     def run(shadow: AttackData, target: AttackData, ctx: AttackContext):
@@ -676,21 +704,24 @@ def _learned_attack(feature_fn, build, continuous):
         lr = rec['lr'] if lr is None else lr
         xs, xt, ys = feature_fn(shadow), feature_fn(target), shadow.is_member
         if rec['inputs'] == 'log_std': xs, xt = tuned_inputs(xs, xt, continuous(target.num_classes))
-        def fit(rows):
+        def fit(rows, val=None, epochs=None):
             with torch.random.fork_rng(devices=[]):  # initialisation happens on the CPU
                 torch.default_generator.manual_seed(ctx.seed)
                 model = build(xs.shape[1], target.num_classes)
-            return train_attack_model(model, xs[rows], ys[rows], epochs=ctx.epochs, batch_size=batch_size, lr=lr,
-                                      optimizer=rec['optimizer'], seed=ctx.seed, device=ctx.device, progress=ctx.progress, desc=ctx.name)
-        info = {'recipe': used, 'check': ctx.check, 'optimizer': rec['optimizer'], 'lr': lr}
+            return train_attack_model(model, xs[rows], ys[rows], epochs=epochs or ctx.epochs, batch_size=batch_size, lr=lr,
+                                      optimizer=rec['optimizer'], seed=ctx.seed, device=ctx.device, progress=ctx.progress, desc=ctx.name,
+                                      milestones=attack_milestones(ctx.epochs or default_attack_epochs()),  # the full schedule's, also when it stops early
+                                      **({} if val is None else {'x_val': xs[val], 'y_val': ys[val]}))
+        info = {'recipe': used, 'check': ctx.check, 'optimizer': rec['optimizer'], 'lr': lr, 'stop': ctx.stop}
         everything = np.arange(len(ys))
+        if ctx.stop == 'heldout' and ctx.check == 'none': raise ValueError("attack_stop='heldout' needs held-out shadow rows: attack_check 'split' or 'refit'")
         if ctx.check != 'none':
             fit_rows, held = stratified_holdout(ys, 0.2, ctx.seed)
-            model, hist = fit(fit_rows)
+            model, hist = fit(fit_rows, held if ctx.stop == 'heldout' else None)
             acc, lo, hi = balanced_accuracy_interval(member_probability(model, xs[held]) >= 0.5, ys[held])
             info.update(shadow_heldout_acc=acc, shadow_heldout_acc_lo=lo, shadow_heldout_acc_hi=hi, converged=bool(lo > 0.5),
                         shadow_heldout_n=len(held))
-            if ctx.check == 'refit': model, hist = fit(everything)  # the study's training set: all shadow records
+            if ctx.check == 'refit': model, hist = fit(everything, epochs=len(hist) if ctx.stop == 'heldout' else None)  # all shadow records (early stopping: the epochs it chose)
             else: everything = fit_rows
         else: model, hist = fit(everything)
         info['shadow_train_acc'] = balanced_accuracy_interval(member_probability(model, xs[everything]) >= 0.5, ys[everything])[0]
@@ -741,39 +772,125 @@ def _qmia(shadow: AttackData, target: AttackData, ctx: AttackContext, alpha: flo
     return margin, margin > 0, {'alpha': alpha, 'features': 'one_hot(y) + inputs' if use_x else 'one_hot(y)',
                                 'population': int(target.pop_py.shape[1])}
 
+# what an attack reads besides the posteriors and labels: the pipeline computes a signal only for the attacks that need it
+SIGNALS = {'sensitivity': "the study's sensitivity of every class posterior (m perturbed queries per record: costly)",
+           'inputs': "a representation of each record's input x (QMIA's regressor)",
+           'references': "reference models' answers on each record (the other shadows leave-one-out, and reference models)",
+           'population': 'answers on population records (RMIA, QMIA)',
+           'other_release': 'the same records through the other release (AttackData.other: dense for a pruned victim)',
+           'other_releases': 'the same records through every other release of the same victim (AttackData.others)'}
+# what a cell must provide before the attack can run there (checked from the cell's parameters: see 10_pipeline)
+REQUIREMENTS = {'out_references': 'at least 2 OUT reference models per record (num_shadows + num_references // 2 >= 2)',
+                'online_references': 'num_references >= 4: each record IN for half of them',
+                'pruned_shadows': 'shadows that are dense + pruned pairs (dense_shadows=False)',
+                'releases': "the victim's other releases (cell parameter releases)"}
+
+def _check_learned(name, shadow, target, opts):
+    for k, lo in (('lr', 0), ('batch_size', 1)):
+        if k in opts and not opts[k] > lo: raise ValueError(f'{name} option {k} must be > {lo}, got {opts[k]}')
+
+def _check_lira(name, shadow, target, opts):
+    online = ATTACKS[name].kind == 'reference' and 'online_references' in ATTACKS[name].requires
+    if not opts.get('min_std', 1e-6) > 0: raise ValueError(f"{name} option min_std must be positive, got {opts['min_std']}")
+    if target.ref_lsc is None:
+        raise ValueError(f'{name} needs reference-model statistics on the target (ref_lsc, ref_in); 0 reference models were given')
+    fv = opts.get('fix_variance')
+    fix = target.num_refs < 64 if fv is None else bool(fv)
+    ok, rule = lira_valid(target.ref_in, online, fix)
+    if not ok.all():
+        n_in, n_out = target.ref_in.sum(1), (~target.ref_in).sum(1)
+        raise ValueError(f'{name} needs {rule}; {target.num_refs} reference models were given and {int((~ok).sum())} of '
+                         f'{len(target)} target samples fall short (IN per sample: {n_in.min()}-{n_in.max()}, '
+                         f'OUT: {n_out.min()}-{n_out.max()})')
+
+def _check_rmia(name, shadow, target, opts):
+    if not 0 <= opts.get('a', 0.3) <= 1: raise ValueError(f"{name} option a must lie in [0, 1], got {opts['a']}")
+    if not opts.get('gamma', 1.0) > 0: raise ValueError(f"{name} option gamma must be positive, got {opts['gamma']}")
+    if target.ref_py is None or target.pop_ref_py is None:
+        raise ValueError(f'{name} needs reference-model statistics (ref_py, ref_in) and population statistics (pop_py, '
+                         f'pop_ref_py) on the target; got {target.num_refs} reference models and '
+                         f'{"no" if target.pop_py is None else target.pop_py.shape[1]} population samples')
+    ok, rule = rmia_valid(target.ref_in, bool(opts.get('online', False)))
+    if not ok.all(): raise ValueError(f'{name} needs {rule}; {int((~ok).sum())} of {len(target)} target samples fall short '
+                                      f'with {target.num_refs} reference models')
+
+def _check_qmia(name, shadow, target, opts):
+    alpha = opts.get('alpha', 0.05)
+    if not 0 < alpha < 1: raise ValueError(f'{name} option alpha must lie strictly between 0 and 1, got {alpha}')
+    if not isinstance(opts.get('max_iter', 100), (int, np.integer)) or opts.get('max_iter', 100) < 1:
+        raise ValueError(f"{name} option max_iter must be a positive integer, got {opts['max_iter']!r}")
+    if target.pop_py is None or target.pop_labels is None:
+        raise ValueError(f"{name} needs the victim's answers on population samples and their labels (pop_py, pop_labels) on "
+                         'the target; build it with attack_data_for(..., population_idx=...)')
+    need = qmia_min_population(alpha)
+    if target.pop_py.shape[1] < need:
+        raise ValueError(f'{name} needs at least {need} population samples at alpha={alpha} (about 5 above the quantile); '
+                         f'got {target.pop_py.shape[1]}')
+
+def _check_releases(name, shadow, target, opts):
+    if not opts.get('C', 1.0) > 0: raise ValueError(f"{name} option C must be positive, got {opts['C']}")
+    if 'other_release' in ATTACKS[name].signals:
+        miss = [side for side, d in (('shadow', shadow), ('target', target)) if d.other is None]
+        if miss: raise ValueError(f'{name} needs the same records scored by both releases (AttackData.other) on {miss}: '
+                                  'the pipeline attaches them when the shadows are dense + pruned pairs (dense_shadows=False)')
+    if 'other_releases' in ATTACKS[name].signals:
+        short = {side: len(d.others) for side, d in (('shadow', shadow), ('target', target)) if len(d.others) < MULTI_RELEASE_MIN_OTHERS}
+        if short: raise ValueError(f'{name} needs the same records scored by at least {MULTI_RELEASE_MIN_OTHERS} other releases besides '
+                                   f'the attacked one (AttackData.with_others) on both sides; other releases per side: {short} '
+                                   '(with one other release, run two_release)')
+        _other_releases(shadow, target)
+
 @dataclass(frozen=True)
 class Attack:
-    "A registered attack: its function, kind, requirements and reference."
+    "A registered attack: its function, kind, family, what it reads (signals), what a cell must provide (requires), its checks and reference."
     name: str
     fn: Callable
     kind: str  # 'threshold' | 'learned' | 'reference' | 'quantile' | 'two_release' | 'multi_release'
     citation: str
-    needs_sensitivity: bool = False
+    needs_sensitivity: bool = False  # the same as 'sensitivity' in signals (either may be given)
     several_releases: bool = False  # reads AttackData.others: in 'all' only where the records carry other releases
     options: tuple = ()  # option names accepted through run_attacks(options={name: {...}})
+    family: str | None = None  # the headline figure's family: 'threshold', 'learned', 'reference-model' (None: drawn on its own)
+    signals: tuple = ()  # keys of SIGNALS it reads
+    requires: tuple = ()  # keys of REQUIREMENTS a cell must meet
+    check: Callable | None = None  # check(name, shadow, target, options): a ValueError when these records cannot be attacked
+
+    def __post_init__(self):
+        sig = tuple(dict.fromkeys(tuple(self.signals) + (('sensitivity',) if self.needs_sensitivity else ())))
+        bad = [s for s in sig if s not in SIGNALS] + [r for r in self.requires if r not in REQUIREMENTS]
+        if bad: raise ValueError(f'attack {self.name!r}: unknown signal(s) or requirement(s) {bad}; signals: {list(SIGNALS)}, '
+                                 f'requirements: {list(REQUIREMENTS)}')
+        object.__setattr__(self, 'signals', sig); object.__setattr__(self, 'requires', tuple(self.requires))
+        object.__setattr__(self, 'needs_sensitivity', 'sensitivity' in sig)
+        object.__setattr__(self, 'several_releases', self.several_releases or 'other_releases' in sig)
 
 def _attack(name, fn, kind, citation, **kw):
     opts = tuple(p for p in list(inspect.signature(fn).parameters)[3:])
     return Attack(name, fn, kind, citation, options=opts, **kw)
 
+_THRESHOLD, _LEARNED, _REFERENCE = dict(family='threshold'), dict(family='learned', check=_check_learned), dict(family='reference-model')
 ATTACKS = Registry('attack', {a.name: a for a in [
-    _attack('gap', _gap, 'threshold', 'Yeom et al. 2018'),
-    _attack('conf', _threshold_attack(conf_value, True), 'threshold', 'Song & Mittal 2021'),
-    _attack('entropy', _threshold_attack(entropy_value, True), 'threshold', 'Song & Mittal 2021'),
-    _attack('mentr', _threshold_attack(mentr_value, True), 'threshold', 'Song & Mittal 2021'),
-    _attack('top1_conf', _threshold_attack(conf_value, False), 'threshold', 'Yuan & Zhang 2022 (reference code)'),
-    _attack('nn', _learned_attack(nn_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Shokri et al. 2017'),
-    _attack('nn_top3', _learned_attack(nn_top3_features, lambda d, C: AttackMLP(d), lambda C: 3), 'learned', 'Salem et al. 2019'),
-    _attack('nn_cls', _learned_attack(nn_cls_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Nasr et al. 2018'),
+    _attack('gap', _gap, 'threshold', 'Yeom et al. 2018', **_THRESHOLD),
+    _attack('conf', _threshold_attack(conf_value, True), 'threshold', 'Song & Mittal 2021', **_THRESHOLD),
+    _attack('entropy', _threshold_attack(entropy_value, True), 'threshold', 'Song & Mittal 2021', **_THRESHOLD),
+    _attack('mentr', _threshold_attack(mentr_value, True), 'threshold', 'Song & Mittal 2021', **_THRESHOLD),
+    _attack('top1_conf', _threshold_attack(conf_value, False), 'threshold', 'Yuan & Zhang 2022 (reference code)', **_THRESHOLD),
+    _attack('nn', _learned_attack(nn_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Shokri et al. 2017', **_LEARNED),
+    _attack('nn_top3', _learned_attack(nn_top3_features, lambda d, C: AttackMLP(d), lambda C: 3), 'learned', 'Salem et al. 2019', **_LEARNED),
+    _attack('nn_cls', _learned_attack(nn_cls_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Nasr et al. 2018', **_LEARNED),
     _attack('samia', _learned_attack(samia_features, lambda d, C: SAMIA(C), lambda C: 2 * C), 'learned', 'Yuan & Zhang 2022',
-            needs_sensitivity=True),
-    _attack('loss', _threshold_attack(loss_value, False), 'threshold', 'Yeom et al. 2018'),
-    _attack('lira_offline', _lira(False), 'reference', 'Carlini et al. 2022'),
-    _attack('lira_online', _lira(True), 'reference', 'Carlini et al. 2022'),
-    _attack('rmia', _rmia, 'reference', 'Zarifzadeh et al. 2024'),
-    _attack('qmia', _qmia, 'quantile', 'Bertran et al. 2023'),
-    _attack('two_release', _two_release, 'two_release', 'CompLeak-style two-release adversary (this package)'),
-    _attack('multi_release', _multi_release, 'multi_release', 'CompLeak-style multi-release adversary (this package)', several_releases=True),
+            signals=('sensitivity',), **_LEARNED),
+    _attack('loss', _threshold_attack(loss_value, False), 'threshold', 'Yeom et al. 2018', **_THRESHOLD),
+    _attack('lira_offline', _lira(False), 'reference', 'Carlini et al. 2022', signals=('references',), requires=('out_references',),
+            check=_check_lira, **_REFERENCE),
+    _attack('lira_online', _lira(True), 'reference', 'Carlini et al. 2022', signals=('references',), requires=('online_references',),
+            check=_check_lira, **_REFERENCE),
+    _attack('rmia', _rmia, 'reference', 'Zarifzadeh et al. 2024', signals=('references', 'population'), check=_check_rmia, **_REFERENCE),
+    _attack('qmia', _qmia, 'quantile', 'Bertran et al. 2023', signals=('population', 'inputs'), check=_check_qmia),
+    _attack('two_release', _two_release, 'two_release', 'CompLeak-style two-release adversary (this package)',
+            signals=('other_release',), requires=('pruned_shadows',), check=_check_releases),
+    _attack('multi_release', _multi_release, 'multi_release', 'CompLeak-style multi-release adversary (this package)',
+            signals=('other_releases',), requires=('pruned_shadows', 'releases'), check=_check_releases),
 ]}, entry_type=Attack)
 
 
@@ -814,7 +931,7 @@ def _check_side(d, side: str):
                          f'{len(d) - nm} non-members')
 
 def check_requirements(name: str, shadow: AttackData, target: AttackData, options: dict | None = None):
-    "Raise a ValueError when `name` cannot run on these records (before any work)."
+    "Raise a ValueError when `name` cannot run on these records (before any work): its options, the signals it reads, its own check."
     a, opts = ATTACKS[name], dict(options or {})
     bad = [k for k in opts if k not in a.options]
     if bad: raise ValueError(f'unknown option(s) {bad} for attack {name!r}; it accepts {list(a.options)}')
@@ -822,45 +939,7 @@ def check_requirements(name: str, shadow: AttackData, target: AttackData, option
         miss = [s for s, d in (('shadow', shadow), ('target', target)) if d.sensitivity is None]
         if miss: raise ValueError(f'{name} needs sensitivity in both AttackData; missing on {miss} '
                                   f'(build them with attack_data_for(..., with_sensitivity=True))')
-    if a.kind == 'learned':
-        for k, lo in (('lr', 0), ('batch_size', 1)):
-            if k in opts and not opts[k] > lo: raise ValueError(f'{name} option {k} must be > {lo}, got {opts[k]}')
-    if name.startswith('lira'):
-        online = name == 'lira_online'
-        if not opts.get('min_std', 1e-6) > 0: raise ValueError(f"{name} option min_std must be positive, got {opts['min_std']}")
-        if target.ref_lsc is None:
-            raise ValueError(f'{name} needs reference-model statistics on the target (ref_lsc, ref_in); 0 reference models were given')
-        fv = opts.get('fix_variance')
-        fix = target.num_refs < 64 if fv is None else bool(fv)
-        ok, rule = lira_valid(target.ref_in, online, fix)
-        if not ok.all():
-            n_in, n_out = target.ref_in.sum(1), (~target.ref_in).sum(1)
-            raise ValueError(f'{name} needs {rule}; {target.num_refs} reference models were given and {int((~ok).sum())} of '
-                             f'{len(target)} target samples fall short (IN per sample: {n_in.min()}-{n_in.max()}, '
-                             f'OUT: {n_out.min()}-{n_out.max()})')
-    if name == 'qmia': _check_qmia(target, opts)
-    if name == 'two_release':
-        miss = [side for side, d in (('shadow', shadow), ('target', target)) if d.other is None]
-        if miss: raise ValueError(f'two_release needs the same records scored by both releases (AttackData.other) on {miss}: '
-                                  'the pipeline attaches them when the shadows are dense + pruned pairs (dense_shadows=False)')
-    if name == 'multi_release':
-        short = {side: len(d.others) for side, d in (('shadow', shadow), ('target', target)) if len(d.others) < MULTI_RELEASE_MIN_OTHERS}
-        if short: raise ValueError(f'multi_release needs the same records scored by at least {MULTI_RELEASE_MIN_OTHERS} other releases besides '
-                                   f'the attacked one (AttackData.with_others) on both sides; other releases per side: {short} '
-                                   '(with one other release, run two_release)')
-        _other_releases(shadow, target)
-    if a.kind in ('two_release', 'multi_release') and not opts.get('C', 1.0) > 0:
-        raise ValueError(f"{name} option C must be positive, got {opts['C']}")
-    if name == 'rmia':
-        if not 0 <= opts.get('a', 0.3) <= 1: raise ValueError(f"rmia option a must lie in [0, 1], got {opts['a']}")
-        if not opts.get('gamma', 1.0) > 0: raise ValueError(f"rmia option gamma must be positive, got {opts['gamma']}")
-        if target.ref_py is None or target.pop_ref_py is None:
-            raise ValueError('rmia needs reference-model statistics (ref_py, ref_in) and population statistics (pop_py, '
-                             f'pop_ref_py) on the target; got {target.num_refs} reference models and '
-                             f'{"no" if target.pop_py is None else target.pop_py.shape[1]} population samples')
-        ok, rule = rmia_valid(target.ref_in, bool(opts.get('online', False)))
-        if not ok.all(): raise ValueError(f'rmia needs {rule}; {int((~ok).sum())} of {len(target)} target samples fall short '
-                                          f'with {target.num_refs} reference models')
+    if a.check is not None: a.check(name, shadow, target, opts)
 
 CHECK_KEYS = ('converged', 'shadow_train_acc', 'shadow_heldout_acc', 'shadow_heldout_acc_lo')
 
@@ -869,19 +948,6 @@ def training_check(name: str, info: dict) -> dict:
     out = {k: info.get(k, float('nan')) for k in CHECK_KEYS}
     if ATTACKS[name].kind != 'learned': out.update(converged=float('nan'), shadow_train_acc=info.get('shadow_acc', float('nan')))
     return out
-
-def _check_qmia(target: AttackData, opts: dict):
-    alpha = opts.get('alpha', 0.05)
-    if not 0 < alpha < 1: raise ValueError(f'qmia option alpha must lie strictly between 0 and 1, got {alpha}')
-    if not isinstance(opts.get('max_iter', 100), (int, np.integer)) or opts.get('max_iter', 100) < 1:
-        raise ValueError(f"qmia option max_iter must be a positive integer, got {opts['max_iter']!r}")
-    if target.pop_py is None or target.pop_labels is None:
-        raise ValueError('qmia needs the victim\'s answers on population samples and their labels (pop_py, pop_labels) on '
-                         'the target; build it with attack_data_for(..., population_idx=...)')
-    need = qmia_min_population(alpha)
-    if target.pop_py.shape[1] < need:
-        raise ValueError(f'qmia needs at least {need} population samples at alpha={alpha} (about 5 above the quantile); '
-                         f'got {target.pop_py.shape[1]}')
 
 def _attack_seed(seed: int, name: str) -> int: return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
@@ -897,13 +963,17 @@ def run_attacks(names, # 'all', an attack name, a comma-separated string or a li
                 attack_recipe: str = 'study', # training recipe of the learned attacks: a key of ATTACK_RECIPES
                 attack_check: str = 'refit', # learned attacks' held-out check: 'refit' (study's training set + a check model on 80%), 'split' (train on 80%), 'none'
                 epsilon_delta: float = 0.0, # delta of the empirical-epsilon lower bound in each attack's metrics
+                attack_stop: str = 'epochs', # learned attacks: 'epochs' (the study's fixed schedule) or 'heldout' (early stopping on the held-out shadow loss)
                ) -> dict[str, AttackResult]:
     "Run the named attacks (fitted on `shadow`) against `target`; a dict name -> `AttackResult`."
     every = isinstance(names, str) and names.strip().lower() == 'all'
     names = resolve_attacks(names, releases=bool(getattr(shadow, 'others', ()) or getattr(target, 'others', ())))  # 'all': multi_release where there are releases
-    if every and (shadow.other is None or target.other is None): names = [n for n in names if n != 'two_release']  # 'all' of one release
+    if every and (shadow.other is None or target.other is None):  # 'all' of one release
+        names = [n for n in names if 'other_release' not in ATTACKS[n].signals]
     if attack_recipe not in ATTACK_RECIPES: raise ValueError(f'unknown attack_recipe {attack_recipe!r}; known: {list(ATTACK_RECIPES)}')
     if attack_check not in ATTACK_CHECKS: raise ValueError(f'unknown attack_check {attack_check!r}; known: {list(ATTACK_CHECKS)}')
+    if attack_stop not in ATTACK_STOPS: raise ValueError(f'unknown attack_stop {attack_stop!r}; known: {list(ATTACK_STOPS)}')
+    if attack_stop == 'heldout' and attack_check == 'none': raise ValueError("attack_stop='heldout' needs held-out shadow rows: attack_check 'split' or 'refit', not 'none'")
     if not 0 <= epsilon_delta < 1: raise ValueError(f'epsilon_delta must lie in [0, 1), got {epsilon_delta!r}')
     options = dict(options or {})
     bad = [k for k in options if k not in names]
@@ -916,7 +986,7 @@ def run_attacks(names, # 'all', an attack name, a comma-separated string or a li
     results = {}
     for n in tqdm(names, desc='attacks', disable=bar_disabled(progress), leave=False):
         ctx = AttackContext(seed=_attack_seed(seed, n), device=dev, epochs=epochs, progress=progress, name=n,
-                            recipe=attack_recipe, check=attack_check)
+                            recipe=attack_recipe, check=attack_check, stop=attack_stop)
         t0 = time.time()
         scores, dec, info = ATTACKS[n].fn(shadow, target, ctx, **options.get(n, {}))
         scores, dec = np.asarray(scores, np.float64), np.asarray(dec, bool)

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 from .core import load_checkpoint, get_device, in_test, save_json, load_json, save_arrays, load_arrays, env_info
+from .runs import SCORES, save_scores, load_scores  # the per-record scores file, read and written as a run folder's
 from .runner import find_template
 from .data import MIADataset, Split, Splits, load_dataset
 from .models import ARCHS, build_model
@@ -380,7 +381,7 @@ def defense_costs(pruned: nn.Module, ds: MIADataset, plan: AuditPlan, # the prun
     return pd.DataFrame(rows)
 
 # %% ../nbs/15_audit.ipynb #38fd630d
-AUDIT_FILES = ('audit.json', 'scores.npz', 'audit.ipynb')  # what an audit folder holds; audit.json is written after scores.npz
+AUDIT_FILES = ('audit.json', SCORES, 'audit.ipynb')  # what an audit folder holds; audit.json is written after the per-record scores
 
 def _check_attacks(attacks) -> list[str]:
     from mia_pruning.attacks import ATTACKS, resolve_attacks
@@ -414,7 +415,7 @@ def audit(dense_ckpt, # the dense release: a path to its state dict (loaded with
           arch, # a key of ARCHS, or a builder (num_classes, input_shape) -> nn.Module
           members, # the training set: (X, y) arrays/tensors or an MIADataset; with `dataset`, indices into it
           population, # same-distribution data the models never saw, in the same form (held-out non-members and the references' data)
-          out_dir=None, # write audit.json, scores.npz and the executed audit.ipynb here (None: nothing written)
+          out_dir=None, # write audit.json, the per-record scores and the executed audit.ipynb here (None: nothing written)
           dataset=None, # an MIADataset or a DATASETS name that `members` and `population` index
           data_root=None, # data root for a dataset name
           num_references: int | None = None, # reference models R, even (default 4; 2 under IN_TEST)
@@ -521,14 +522,14 @@ def audit(dense_ckpt, # the dense release: a path to its state dict (loaded with
 # %% ../nbs/15_audit.ipynb #de707af4
 @dataclass
 class AuditResult:
-    "An audit's findings: `summary` (what audit.json holds) and `arrays` (per-record scores; scores.npz). Tables and figures come from these alone."
+    "An audit's findings: `summary` (what audit.json holds) and `arrays` (the per-record scores). Tables and figures come from these alone."
     summary: dict
     arrays: dict = field(repr=False)
 
     def save(self, out_dir) -> Path:
-        "Write scores.npz, then audit.json (its presence means the folder is complete)."
+        "Write the per-record scores, then audit.json (its presence means the folder is complete)."
         out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-        save_arrays(out / 'scores.npz', **self.arrays)
+        save_scores(out, self.arrays)
         save_json(out / 'audit.json', self.summary)
         return out
 
@@ -567,10 +568,10 @@ class AuditResult:
         return self.arrays[f'score__{release}__{attack}']
 
 def load_audit(out_dir) -> AuditResult:
-    "Read an audit folder (audit.json and scores.npz) back; the one reader of what `audit` writes."
+    "Read an audit folder (audit.json and the per-record scores) back; the one reader of what `audit` writes."
     out = Path(out_dir)
     if not (out / 'audit.json').is_file(): raise FileNotFoundError(f'{str(out)!r} holds no audit.json: not a finished audit folder')
-    return AuditResult(load_json(out / 'audit.json'), load_arrays(out / 'scores.npz'))
+    return AuditResult(load_json(out / 'audit.json'), load_scores(out))
 
 # %% ../nbs/15_audit.ipynb #ee192e5e
 AUDIT_TEMPLATE_ENV = 'MIA_PRUNING_AUDIT_TEMPLATE'
@@ -579,7 +580,7 @@ def audit_template_path(path: str | Path | None = None) -> Path:
     "The audit notebook: `path`, else $MIA_PRUNING_AUDIT_TEMPLATE, else the installed package's copy, else nbs/audit.ipynb."
     return find_template('audit.ipynb', AUDIT_TEMPLATE_ENV, path)  # found as the experiment template is
 
-def execute_audit_notebook(out_dir, # a finished audit folder (audit.json, scores.npz)
+def execute_audit_notebook(out_dir, # a finished audit folder (audit.json, the per-record scores)
                            template: str | Path | None = None, # default: `audit_template_path()`
                            timeout: int = 600, # seconds per notebook cell
                           ) -> Path:
@@ -721,7 +722,7 @@ def audit_parser() -> argparse.ArgumentParser:
     p.add_argument('--epochs', type=int, default=None, help='maximum training epochs of the references (default: the package recipe)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default=None)
-    p.add_argument('--no-notebook', action='store_true', help='write audit.json and scores.npz only')
+    p.add_argument('--no-notebook', action='store_true', help=f'write audit.json and {SCORES} only')
     return p
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from .data import MIADataset, Split, load_dataset
 from .models import build_model
 from .train import TrainConfig, train_model, make_optimizer
 from .fused import train_models_fused
+from .runs import METRICS, read_params
 from .benchkit import (sync, time_runs, time_pair, median, fixed_threads, default_threads, Figure, load_average,
                                  bench_record, write_record, record_lines, synthetic_images,
                                  count_flops, per_sample_flops, matmul_peak, flop_rate)
@@ -312,7 +313,7 @@ def bench_memory(smoke: bool = False, out: str | Path | None = None, threads: in
         params['cache_dir'] = env['MIA_PRUNING_CACHE']
         base = peak_rss_of('import', params, Path(d) / 'none', env)
         cell = peak_rss_of('cell', params, Path(d) / 'run', env)
-        complete = (Path(d) / 'run' / 'metrics.json').is_file()
+        complete = (Path(d) / 'run' / METRICS).is_file()
     gb = lambda b: b / 2**30
     raw = {'params': params, 'import_only': base, 'cell': cell, 'cell_complete': complete, 'budget_gb': budget_gb}
     label = 'tiny digits/mlp cell' if smoke else f"quick cell {params['dataset']}/{params['arch']} (attack_epochs 5)"
@@ -446,7 +447,7 @@ def bench_cell_cost(smoke: bool = False, out: str | Path | None = None, threads:
                 run = Path(d) / f'{m}{i}'
                 res = execute_cell({'cell_id': cell_id(params), 'params': params, 'run_dir': str(run), 'template': tmpl, 'threads': 1, 'kernels': m})
                 if res['status'] != 'ok' or res['kernel'] != m: raise RuntimeError(f"the fixed-cost cell failed ({m} kernel): {res['error'] or res['kernel']}")
-                total = load_json(run / 'params.json')['provenance']['timings']['total']
+                total = read_params(run)[1]['timings']['total']
                 if i: raw['cells'][m].append({'wall_s': res['seconds'], 'run_cell_s': total, 'fixed_s': res['seconds'] - total})
                 else: raw['first'][m] = res['seconds']
     med = {m: {k: median([c[k] for c in raw['cells'][m]]) for k in ('wall_s', 'run_cell_s', 'fixed_s')} for m in modes}

@@ -11,7 +11,8 @@ import pandas as pd
 from scipy import stats
 from .core import atomic_write, save_json, load_json, project_root
 from .evidence import paired_change, random_effects, holm, verdict_label, auc_variance, metric_value, LABELS
-from .exposure import class_names
+from .data import class_names
+from .runs import StateArrays, read_scores, check_paired, save_scores, join_states, PARAMS, PAIRED, SCORES
 from .report import read_summary_csv, load_summary, not_learned, standard_adversary, md_table, attack_order, FAMILIES
 
 # %% auto #0
@@ -71,41 +72,22 @@ def identical_attacks(df: pd.DataFrame, # a summary
                 out[b] = a
     return out
 
-def _read_scores(run_dir: Path) -> dict:
-    "Both states' arrays of one run folder, checked to score the same victim samples in the same order."
-    p = run_dir / 'scores.npz'
-    if not p.is_file(): raise ValueError(f'{run_dir.name} has no scores.npz')
-    with np.load(p, allow_pickle=False) as z: arr = {k: z[k] for k in z.files}
-    out = {}
-    for s in ('dense', 'pruned'):
-        need = [f'{s}__{k}' for k in ('is_member', 'labels', 'index')]
-        if any(k not in arr for k in need): raise ValueError(f'{run_dir.name}/scores.npz lacks {[k for k in need if k not in arr]}')
-        out[s] = {k[len(s) + 2:]: v for k, v in arr.items() if k.startswith(f'{s}__')}
-        out[s]['is_member'] = out[s]['is_member'].astype(bool)
-    for s in CONTROL_STATES:  # the control arm, where the cell has one: checked like the pruned state
-        if f'{s}__index' in arr: out[s] = {k[len(s) + 2:]: v for k, v in arr.items() if k.startswith(f'{s}__')} | {'is_member': arr[f'{s}__is_member'].astype(bool)}
-    d, q = out['dense'], out['pruned']
-    for s in CONTROL_STATES:
-        if s in out and not all(np.array_equal(d[k], out[s][k]) for k in ('index', 'is_member', 'labels')):
-            raise ValueError(f'{run_dir.name}/scores.npz: the dense and {s} states do not score the same victim samples with the same labels and membership')
-    if not np.array_equal(d['index'], q['index']):
-        raise ValueError(f'{run_dir.name}/scores.npz: the dense and pruned states do not score the same victim samples in the same order (index arrays differ)')
-    for k in ('is_member', 'labels'):
-        if not np.array_equal(d[k], q[k]): raise ValueError(f'{run_dir.name}/scores.npz: dense and pruned {k} differ for the same samples')
-    m = d['is_member'].astype(bool)
-    if m.all() or not m.any(): raise ValueError(f'{run_dir.name}/scores.npz: needs members and non-members, got {int(m.sum())} members of {len(m)}')
+def _read_scores(run_dir: Path) -> dict[str, StateArrays]:
+    "The dense, pruned (and control) states of one run folder, checked to score the same victim samples in the same order."
+    st = read_scores(run_dir, ('dense', 'pruned'), common=PAIRED)
+    out = {s: st[s] for s in ('dense', 'pruned', *CONTROL_STATES) if s in st and 'index' in st[s].common}  # the control arm, where the cell has one
+    check_paired(out, run_dir.name)
     return out
 
-def _same_members(a: dict, b: dict, what: str):
+def _same_members(a: StateArrays, b: StateArrays, what: str):
     "Two cells of one seed must hold the same victim samples and members (same split)."
-    if not (np.array_equal(a['index'], b['index']) and np.array_equal(a['is_member'], b['is_member'])):
+    if not (np.array_equal(a.common['index'], b.common['index']) and np.array_equal(a.is_member, b.is_member)):
         raise ValueError(f'{what}: the two cells do not score the same victim members and non-members (index or is_member arrays differ); '
                          'cells of one seed should share one split')
 
-def attacks_of(scores: dict) -> list[str]:
+def attacks_of(scores: dict[str, StateArrays]) -> list[str]:
     "The single-model attacks whose scores a run folder holds for both the dense and the pruned victim."
-    names = [k[len('score__'):] for k in scores['pruned'] if k.startswith('score__')]
-    return [a for a in names if f'score__{a}' in scores['dense'] and a not in TWO_MODEL_ATTACKS]
+    return [a for a in scores['pruned'].scores if a in scores['dense'].scores and a not in TWO_MODEL_ATTACKS]
 
 # %% ../nbs/12a_claims.ipynb #d82c24c6
 def _grid_label(g: Path) -> str:
@@ -126,7 +108,7 @@ def _summary(g: Path) -> pd.DataFrame:
     return out
 
 class ClaimData:
-    "A grid folder's cells (from summary.csv) and their per-seed paired changes: from runs/<cell_id>/scores.npz where present, else from summary.csv."
+    "A grid folder's cells (from summary.csv) and their per-seed paired changes: from the run folders' per-sample scores where present, else from summary.csv."
     def __init__(self, grid_dir):
         g = Path(grid_dir)
         if not g.is_dir(): raise ValueError(f'{str(g)!r} is not a folder; expected a grid output folder holding summary.csv (and runs/)')
@@ -148,7 +130,7 @@ class ClaimData:
         self._auc = s.groupby(['cell_id', 'model_state', 'attack'])['auc'].first().to_dict() if 'auc' in s else {}
         self._n = s.groupby('cell_id')[['n_members', 'n_nonmembers']].first().to_dict('index') if {'n_members', 'n_nonmembers'} <= set(s) else {}
 
-    def scores(self, cell_id: str) -> dict: return self._scores[cell_id]
+    def scores(self, cell_id: str) -> dict[str, StateArrays]: return self._scores[cell_id]
 
     def has_state(self, cell_ids, state: str) -> bool:
         "True when every cell of `cell_ids` holds `state` (e.g. 'control') in its scores (or, without run folders, in summary.csv)."
@@ -162,7 +144,7 @@ class ClaimData:
     def attacks(self, cell_ids, state: str = 'pruned', both: bool = True) -> list[str]:
         "Single-model attacks scored in every cell of `cell_ids` (under both states, or `state` only), duplicates left out."
         if self.source == 'scores':
-            sets = [set(attacks_of(self._scores[c])) if both else {k[7:] for k in self._scores[c][state] if k.startswith('score__')} for c in cell_ids]
+            sets = [set(attacks_of(self._scores[c])) if both else set(self._scores[c][state].scores) for c in cell_ids]
         else:
             sets = [{a for (c, st, a), v in self._auc.items() if c == cid and st == state and math.isfinite(v)
                      and (not both or math.isfinite(self._auc.get((c, 'dense', a), math.nan)))} for cid in cell_ids]
@@ -170,7 +152,7 @@ class ClaimData:
         return [a for a in attack_order(sorted(common)) if a not in TWO_MODEL_ATTACKS and a not in self.duplicates]
 
     def n_classes(self, cell_ids) -> int:
-        if self.source == 'scores': return int(max(self._scores[c]['dense']['labels'].max() for c in cell_ids)) + 1
+        if self.source == 'scores': return int(max(self._scores[c]['dense'].common['labels'].max() for c in cell_ids)) + 1
         s = self.summary
         v = pd.to_numeric(s.loc[s['cell_id'].isin(list(cell_ids)), 'n_classes_scored'], errors='coerce').max() if 'n_classes_scored' in s else np.nan
         return int(v) if np.isfinite(v) else 10
@@ -180,7 +162,7 @@ class ClaimData:
         if self.source == 'scores':
             sa, sb = self._scores[a[0]][a[1]], self._scores[b[0]][b[1]]
             if a[0] != b[0]: _same_members(sa, sb, f'{a[0]} vs {b[0]}')
-            return paired_change(sa[f'score__{a[2]}'], sb[f'score__{b[2]}'], sa['is_member'], 'auc')
+            return paired_change(sa.scores[a[2]], sb.scores[b[2]], sa.is_member, 'auc')
         va, vb = self._auc[a], self._auc[b]
         n = self._n.get(a[0], {})
         nm, nn = int(n.get('n_members', 0) or 0), int(n.get('n_nonmembers', 0) or 0)
@@ -244,9 +226,8 @@ def make_synthetic_grid(path, # the grid folder to write (summary.csv and runs/<
                     states = [('dense', dense, py, sy), ('pruned', pr, ppy, psy)]
                     if control is not None: states.append(('control', {k: v + control * m for k, v in dense.items()}, py + control * m, sy - control * m))
                     for st, sc, p_, s_ in states:
-                        arr.update({f'{st}__is_member': m, f'{st}__labels': y, f'{st}__index': idx, f'{st}__py': p_, f'{st}__sy': s_})
+                        arr[st] = StateArrays({'is_member': m, 'labels': y, 'index': idx, 'py': p_, 'sy': s_}, dict(sc), {a: v > np.median(v) for a, v in sc.items()})
                         for a, v in sc.items():
-                            arr[f'{st}__score__{a}'] = v; arr[f'{st}__pred__{a}'] = v > np.median(v)
                             auc = metric_value(v, m)
                             acc = 0.9 if st != 'pruned' else 0.9 - drop - (ppb_acc_cost if defense == 'ppb' else 0.0)
                             rows.append(dict(dataset=dataset, arch='cnn', prune_method=method, sparsity=s, defense=defense,
@@ -256,9 +237,9 @@ def make_synthetic_grid(path, # the grid folder to write (summary.csv and runs/<
                                              n_members=int(m.sum()), n_nonmembers=int((~m).sum()),
                                              converged=(a not in not_learned) if a == 'samia' or a in not_learned else np.nan))
                     rd = g / 'runs' / cid
-                    save_json(rd / 'params.json', {'params': {'dataset': dataset, 'arch': 'cnn', 'prune_method': method, 'sparsity': s,
-                                                              'defense': defense, 'adaptive': adaptive, 'seed': seed}})
-                    atomic_write(rd / 'scores.npz', lambda f, arr=arr: np.savez(f, **arr))
+                    save_json(rd / PARAMS, {'params': {'dataset': dataset, 'arch': 'cnn', 'prune_method': method, 'sparsity': s,
+                                                       'defense': defense, 'adaptive': adaptive, 'seed': seed}})
+                    save_scores(rd, join_states(arr))
     df = pd.DataFrame(rows)
     atomic_write(g / 'summary.csv', lambda f: f.write(df.to_csv(index=False).encode()))
     return g
@@ -331,7 +312,7 @@ def risk_table(data: ClaimData, # the grid's cells and per-seed changes
     return df
 
 # %% ../nbs/12a_claims.ipynb #34710d40
-GAP_QUANTITIES = {'confidence': ('py', 1.0), 'sensitivity': ('sy', -1.0)}  # (scores.npz key, sign): confidence gap = members - non-members, sensitivity gap = non-members - members (members are less sensitive)
+GAP_QUANTITIES = {'confidence': ('py', 1.0), 'sensitivity': ('sy', -1.0)}  # (the state's array, sign): confidence gap = members - non-members, sensitivity gap = non-members - members (members are less sensitive)
 
 def class_heterogeneity(change, # per-class change of the gap
                         se, # its standard error
@@ -356,24 +337,24 @@ def gap_tables(data: ClaimData) -> tuple[pd.DataFrame, pd.DataFrame]:
     for key, g in data.groups(data.undefended(), data.setting_keys):
         sc = [data.scores(c) for c in g['cell_id']]
         why = regime(g, 1.0 / data.n_classes(list(g['cell_id'])))
-        names = class_names(key.get('dataset', ''), int(max(s['dense']['labels'].max() for s in sc)) + 1)
+        names = class_names(key.get('dataset', ''), int(max(s['dense'].common['labels'].max() for s in sc)) + 1)
         for q, (k, sign) in GAP_QUANTITIES.items():
-            if not all(k in s['dense'] and k in s['pruned'] for s in sc): continue
-            per = [paired_change(sign * s['dense'][k], sign * s['pruned'][k], s['dense']['is_member'], 'gap') for s in sc]
+            if not all(k in s['dense'].common and k in s['pruned'].common for s in sc): continue
+            per = [paired_change(sign * s['dense'].common[k], sign * s['pruned'].common[k], s['dense'].is_member, 'gap') for s in sc]
             r = _combine(per, 0.0, why)
             row = {**key, 'quantity': q, 'n_seeds': len(g), 'gap_dense': r.pop('_a'), 'gap_pruned': r.pop('_b'), **r}
             per_class = []
             for c, name in enumerate(names):
                 cs = []
                 for s in sc:
-                    sel, m = s['dense']['labels'] == c, s['dense']['is_member']
+                    sel, m = s['dense'].common['labels'] == c, s['dense'].is_member
                     if m[sel].any() and (~m[sel]).any() and m[sel].sum() > 1 and (~m[sel]).sum() > 1:
-                        cs.append(paired_change(sign * s['dense'][k][sel], sign * s['pruned'][k][sel], m[sel], 'gap'))
+                        cs.append(paired_change(sign * s['dense'].common[k][sel], sign * s['pruned'].common[k][sel], m[sel], 'gap'))
                 if len(cs) < len(sc): continue  # a class without members or non-members in some seed cannot be paired there
                 rc = _combine(cs, 0.0, why) if len(cs) > 1 else {**(lambda p: {'change': p['diff'], 'se': p['se'], '_a': p['a'], '_b': p['b']})(cs[0]),
                                                                   'lo': np.nan, 'hi': np.nan, 'verdict': 'not tested', 'reason': 'one seed'}
                 # for the heterogeneity test: the class's change over seeds with its member-level error
-                per_class.append({**key, 'quantity': q, 'label': c, 'class_name': name, 'n_members': int(sum(s['dense']['is_member'][s['dense']['labels'] == c].sum() for s in sc)),
+                per_class.append({**key, 'quantity': q, 'label': c, 'class_name': name, 'n_members': int(sum(s['dense'].is_member[s['dense'].common['labels'] == c].sum() for s in sc)),
                                   'gap_dense': rc['_a'], 'gap_pruned': rc['_b'], 'change': rc['change'], 'lo': rc['lo'], 'hi': rc['hi'],
                                   'member_se': float(np.sqrt(np.sum([p['se'] ** 2 for p in cs])) / len(cs)), 'verdict': rc['verdict'], 'reason': rc['reason']})
             h = class_heterogeneity([p['change'] for p in per_class], [p['member_se'] for p in per_class], [p['gap_dense'] for p in per_class])
@@ -476,7 +457,7 @@ def decomposition_table(data: ClaimData, # the grid's cells and per-seed changes
         why_setting = regime(g, 1.0 / data.n_classes(cids))
         for ctl in (s for s in CONTROL_STATES if data.has_state(cids, s)):
             attacks = [a for a in data.attacks(cids) if all(math.isfinite(data._auc.get((c, ctl, a), math.nan)) for c in cids)] if data.source != 'scores' \
-                      else [a for a in data.attacks(cids) if all(f'score__{a}' in data.scores(c)[ctl] for c in cids)]
+                      else [a for a in data.attacks(cids) if all(a in data.scores(c)[ctl].scores for c in cids)]
             prim = primary_attacks(attacks)
             fit = {f'{col}_{"control" if st == ctl else st}': float(g[f'{col}_{st}'].mean())  # means over seeds; the row's control arm as `_control`
                    for col in ('train_acc', 'test_acc', 'epochs_run') for st in ('dense', ctl, 'pruned') if f'{col}_{st}' in g}
@@ -543,7 +524,7 @@ def verdict_table(tables: dict, setting_keys, margin: float = MARGIN, tolerance:
         g = gaps[gaps['quantity'] == q] if len(gaps) else gaps
         if not len(g):
             rows.append({'claim': f'b:{q}', 'statement': f'the {q} gap widens after pruning', 'verdict': 'not tested', 'counts': '', 'n': 0,
-                         'detail': 'needs the per-sample scores (runs/<cell_id>/scores.npz), which this grid folder does not hold' if source != 'scores' else f'no {q} scores stored'})
+                         'detail': f'needs the per-sample scores (runs/<cell_id>/{SCORES}), which this grid folder does not hold' if source != 'scores' else f'no {q} scores stored'})
             continue
         rows.append(_row(f'b:{q}', f'the {q} gap widens after pruning', g,
                          f'gap change pruned - dense from {g["change"].min():+.4f} to {g["change"].max():+.4f}; classes differ beyond a change proportional to the '
@@ -586,7 +567,7 @@ def _check_args(margin, tolerance, acc_budget):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == 'tolerance' and v == 0):
             raise ValueError(f'{name} must be a {"positive" if name == "tolerance" else "non-negative"} number, got {v!r}')
 
-def claim_tables(grid_dir, # a grid folder holding summary.csv (and runs/<cell_id>/scores.npz for claim (b) and paired standard errors)
+def claim_tables(grid_dir, # a grid folder holding summary.csv (and runs/<cell_id>/ with per-sample scores for claim (b) and paired standard errors)
                  margin: float = MARGIN, # smallest AUC change that matters, both ways
                  tolerance: float = ACC_TOLERANCE, # matched accuracy tolerance
                  acc_budget: float = ACC_BUDGET, # PPB's allowed test-accuracy drop

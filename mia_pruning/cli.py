@@ -4,13 +4,13 @@
 
 # %% ../nbs/11a_cli.ipynb #0b3ddd42
 from __future__ import annotations
-import sys, argparse, difflib, importlib, importlib.util
+import sys, argparse, difflib, importlib
 from .executors import interrupts_end_the_run, raise_if_interrupted  # light: no torch
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_NUMBER_CHARS', 'MAX_CELLS_DEFAULT', 'DEV_ONLY', 'parse_value', 'parse_assignments', 'build_parser', 'cmd_grid',
-           'cmd_run', 'full_report', 'cmd_report', 'cmd_bench', 'main']
+__all__ = ['MAX_NUMBER_CHARS', 'MAX_CELLS_DEFAULT', 'DEV_ONLY', 'DEV_INSTALL', 'parse_value', 'parse_assignments', 'build_parser',
+           'cmd_grid', 'cmd_run', 'full_report', 'cmd_report', 'cmd_bench', 'main']
 
 # %% ../nbs/11a_cli.ipynb #a5efd941
 _TRUE, _FALSE = {'true', '1', 'yes', 'y', 'on'}, {'false', '0', 'no', 'n', 'off'}
@@ -57,12 +57,15 @@ def parse_assignments(items: list[str], # 'key=value' strings
 
 # %% ../nbs/11a_cli.ipynb #aeac4bfc
 MAX_CELLS_DEFAULT = 100_000  # = gridspec.MAX_CELLS (not imported here: --help stays instant)
-DEV_ONLY = {'notebooks': ('nbdev', 'execnb')}  # commands that need the dev extra, and the modules they import
+DEV_ONLY = {'notebooks': ('nbdev', 'execnb')}  # commands that need the dev extra, and the modules they import (= docs.DEV_MODULES)
+DEV_INSTALL = 'pip install -e ".[dev]"'  # = docs.DEV_INSTALL
 
 def build_parser() -> argparse.ArgumentParser:
     "The argparse parser of `mia-pruning` (bench is dispatched before it)."
     p = argparse.ArgumentParser(prog='mia-pruning', description='Membership inference against pruned neural networks: '
-                                'run grids of experiments, single cells and reports.')
+                                'run grids of experiments, single cells and reports.',
+                                epilog=f'Commands that need the dev extra ({DEV_INSTALL} in a clone of the repository): '
+                                       f'{", ".join(DEV_ONLY)}. The others run in a plain install.')
     sub = p.add_subparsers(dest='command', required=True, metavar='{grid,run,report,audit,bench,notebooks}')
     def execution(q):
         q.add_argument('--out', metavar='DIR', help='output folder (default: outputs/<grid name>)')
@@ -98,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument('--cell', metavar='ID', help='cell whose prediction divergence is drawn (default: the reference-like cell)')
     sub.add_parser('bench', help='benchmarks (mia_pruning.bench; `mia-pruning bench --help`)', add_help=False)
     sub.add_parser('audit', help='audit a dense/pruned pair you already have (mia_pruning.audit; `mia-pruning audit --help`)', add_help=False)
-    sub.add_parser('notebooks', help='re-execute the documentation notebooks of a clone in place (mia_pruning.docs; needs the dev '
-                   "extra: pip install -e '.[dev]')", add_help=False)
+    sub.add_parser('notebooks', help='re-execute the documentation notebooks of a clone in place (mia_pruning.docs; '
+                   f'needs the dev extra: {DEV_INSTALL})', add_help=False)
     return p
 
 
@@ -199,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == 'audit':
         from mia_pruning.audit import main as audit
         return int(audit(argv[1:]) or 0)
-    if argv and argv[0] == 'notebooks':
-        missing = [m for m in DEV_ONLY['notebooks'] if importlib.util.find_spec(m) is None]
-        if missing: return _error(f"'mia-pruning notebooks' runs the notebooks of a clone with nbdev's executor and needs the dev extra "
-                                  f"(missing: {', '.join(missing)}): pip install -e '.[dev]' in the clone", 2)
+    if argv and argv[0] == 'notebooks':  # docs.main checks for the dev extra itself (exit 2 naming it)
         from mia_pruning.docs import main as notebooks
         return int(notebooks(argv[1:]) or 0)
     args = build_parser().parse_args(argv)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 import numpy as np
-import torch
 from .core import ArtifactCache, config_hash
 from .plugins import Registry, plugin_file, describe
 
@@ -17,8 +16,9 @@ from .plugins import Registry, plugin_file, describe
 # %% auto #0
 __all__ = ['FASHION_SYSTEM_DIR', 'CHMNIST_URL', 'MLBENCH_SYSTEM_DIR', 'TABULAR_EXTRA', 'MLBENCH', 'DATASETS', 'SPLIT_PROTOCOL',
            'MIADataset', 'read_idx', 'write_idx', 'read_cifar_batch', 'MlbenchSet', 'read_rda_frame',
-           'scale_integer_features', 'encode_labels', 'DatasetInfo', 'check_name', 'default_data_root', 'load_dataset',
-           'dataset_fingerprint', 'subsample_dataset', 'Split', 'Splits', 'make_splits', 'get_splits', 'splits_hash']
+           'scale_integer_features', 'encode_labels', 'DatasetInfo', 'class_names', 'check_name', 'default_data_root',
+           'load_dataset', 'dataset_fingerprint', 'subsample_dataset', 'Split', 'Splits', 'make_splits', 'get_splits',
+           'splits_hash']
 
 # %% ../nbs/01_data.ipynb #3ecd8c1c
 @dataclass
@@ -439,6 +439,7 @@ class DatasetInfo:
     system_dirs: tuple = ()  # folders searched after the default data root when no root is given
     embedded: bool = False  # ships with a Python package: no data root is read
     classes: tuple = ()  # label names in label order (label k is classes[k]); () where the files give numbers
+    class_names: tuple = ()  # readable label names for tables and figures (the published ones); () names the labels by number
 
 def _plugin_load(load, root, spec) -> MIADataset:
     ds = load(Path(root))
@@ -461,15 +462,17 @@ def _plugin_dataset(load, # a dataset plug-in: load(root: Path) -> MIADataset (n
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS: Registry = Registry('dataset', {d.name: d for d in [
     DatasetInfo('digits', 'image', 10, (1, 8, 8), _load_digits, (0.3053,), (0.3760,),
-                'It ships with scikit-learn: pip install scikit-learn.', embedded=True),
+                'It ships with scikit-learn: pip install scikit-learn.', embedded=True, class_names=tuple(str(k) for k in range(10))),
     DatasetInfo('fashion_mnist', 'image', 10, (1, 28, 28), _load_fashion, (0.2860,), (0.3530,),
                 'Get it with `apt-get install dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist), '
                 'or put the four IDX files (train/t10k images/labels, .gz or not) under ROOT/fashion_mnist, '
-                'or pass download=True where internet is reachable.', system_dirs=(FASHION_SYSTEM_DIR,)),
+                'or pass download=True where internet is reachable.', system_dirs=(FASHION_SYSTEM_DIR,),
+                class_names=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')),
     DatasetInfo('cifar10', 'image', 10, (3, 32, 32), functools.partial(_load_cifar, hundred=False),
                 (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
                 'Unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into ROOT, '
-                'or pass download=True where internet is reachable.'),
+                'or pass download=True where internet is reachable.',
+                class_names=('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')),
     DatasetInfo('cifar100', 'image', 100, (3, 32, 32), functools.partial(_load_cifar, hundred=True),
                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                 'Unpack cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into ROOT, '
@@ -499,6 +502,15 @@ DATASETS: Registry = Registry('dataset', {d.name: d for d in [
                        ('satellite', 36, ('cotton crop', 'damp grey soil', 'grey soil', 'red soil', 'vegetation stubble',
                                           'very damp grey soil'))]],  # class names sorted as strings
 ]}, adapt=_plugin_dataset)
+
+def class_names(dataset: str, # a dataset name (a plug-in or an unknown name gets the label numbers)
+                num_classes: int | None = None, # how many labels to name (default: all the registry names)
+               ) -> list[str]:
+    "Readable names of a dataset's labels: the published names where its registry entry has them, else the label numbers."
+    info = dict.get(DATASETS, dataset) if isinstance(dataset, str) else None  # built-in entries only: naming labels never loads a plug-in
+    known = info.class_names if info is not None else ()
+    n = num_classes if num_classes is not None else len(known)
+    return [known[k] if k < len(known) else str(k) for k in range(n)]
 
 def check_name(name, registry: dict, what: str) -> str:
     "Return `name` if it is in `registry`, else raise ValueError listing the known names."
@@ -535,6 +547,7 @@ def _read(name, root: Path, explicit: bool, download: bool) -> tuple[MIADataset,
     if not np.isfinite(x).all():
         raise ValueError(f'{name}: {int((~np.isfinite(x)).sum())} non-finite input value(s) (NaN or inf) in {where}; '
                          'every feature must be a finite number')
+    import torch  # here: the registry and the label names are read without torch
     x = torch.from_numpy(x)
     if info.mean is not None:
         shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -611,6 +624,7 @@ def subsample_dataset(ds: MIADataset, # the whole pool
     if not ds.num_classes <= n <= len(ds):
         raise ValueError(f'subsample={n} is out of range for {ds.name}: use 0 (the whole pool) or an integer in '
                          f'[{ds.num_classes}, {len(ds)}] (at least one sample per class, at most the pool)')
+    import torch
     idx = torch.from_numpy(_stratified_indices(ds.y.numpy(), int(n), int(seed)))
     sub = MIADataset(ds.name, ds.x[idx].contiguous(), ds.y[idx].contiguous(), ds.num_classes, ds.kind,
                      source={**ds.source, 'subsample': int(n), 'subsample_seed': int(seed), 'parent_hash': ds.content_hash})

@@ -33,7 +33,7 @@ def _get(d, k):
     return getattr(d, k, None)
 
 def _true_class_columns(d) -> dict:
-    "The columns of a dict that already holds true-class `py` (and `sy`), as a run folder's scores.npz does."
+    "The columns of a dict that already holds true-class `py` (and `sy`), as a run folder's per-sample arrays do (`runs.StateArrays.common`)."
     y, mem = np.asarray(_get(d, 'labels')).astype(np.int64), np.asarray(_get(d, 'is_member')).astype(bool)
     py = np.asarray(_get(d, 'py'), dtype=np.float64)
     sy = None if _get(d, 'sy') is None else np.asarray(_get(d, 'sy'), dtype=np.float64)

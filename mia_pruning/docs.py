@@ -11,10 +11,10 @@ from .core import project_root
 
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'SCREENSHOT_NOTEBOOKS', 'notebooks_dir',
-           'documentation_notebooks', 'output_problems', 'displays_output', 'missing_outputs', 'has_images',
-           'execute_notebook', 'execute_notebooks', 'jupyter_server', 'server_notebook', 'output_mimes', 'chromium',
-           'screenshot_notebooks', 'main']
+__all__ = ['TEMPLATES', 'SKIP_FLAGS', 'OUTPUT_PROBLEMS', 'RECORDED', 'SCREENSHOT_NOTEBOOKS', 'DEV_MODULES', 'DEV_INSTALL',
+           'notebooks_dir', 'documentation_notebooks', 'output_problems', 'displays_output', 'missing_outputs',
+           'has_images', 'execute_notebook', 'execute_notebooks', 'jupyter_server', 'server_notebook', 'output_mimes',
+           'chromium', 'screenshot_notebooks', 'missing_dev_modules', 'main']
 
 # %% ../nbs/14_docs.ipynb #5449946a
 TEMPLATES = ('experiment.ipynb', 'audit.ipynb')  # papermill templates: committed without outputs, never executed in place
@@ -270,13 +270,27 @@ def screenshot_notebooks(names=SCREENSHOT_NOTEBOOKS, # notebook stems under nbs/
     return shots
 
 
+# %% ../nbs/14_docs.ipynb #d3a0e102
+DEV_MODULES = ('nbdev', 'execnb')  # what executing notebooks imports: only the dev extra installs them
+DEV_INSTALL = 'pip install -e ".[dev]"'  # in a clone of the repository
+
+def missing_dev_modules(modules=DEV_MODULES) -> list[str]:
+    "The modules among `modules` that cannot be imported here (each is imported: a module installed but broken counts as missing)."
+    import importlib
+    out = []
+    for m in modules:
+        try: importlib.import_module(m)
+        except ImportError: out.append(m)
+    return out
+
 # %% ../nbs/14_docs.ipynb #325e3051
 def main(argv: list[str] | None = None) -> int:
     "`mia-pruning notebooks [NAME ...]`: re-execute documentation notebooks in place; 1 when an output breaks the rules."
     import argparse
     p = argparse.ArgumentParser(prog='mia-pruning notebooks', description='Re-execute the documentation notebooks in nbs/ in place '
                                 '(as nbdev_test runs them: IN_TEST set, slow cells skipped), keeping their outputs, then check '
-                                'that no output holds a timing, a progress bar, an absolute path or a memory address.')
+                                'that no output holds a timing, a progress bar, an absolute path or a memory address. Executing needs the dev '
+                                f'extra ({DEV_INSTALL} in the clone); --check and --screenshot do not.')
     p.add_argument('names', nargs='*', help='notebook names or stems (default: all but the experiment template)')
     p.add_argument('--threads', type=int, default=1, help='torch/OpenMP threads per notebook (default 1: the committed outputs were made with 1)')
     p.add_argument('--check', action='store_true', help='do not execute: only check the committed outputs')
@@ -286,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.screenshot:
         for shot in screenshot_notebooks(tuple(a.names) or SCREENSHOT_NOTEBOOKS): print(f'wrote {shot}')
         return 0
+    missing = [] if a.check else missing_dev_modules()  # before any work, not inside each notebook's subprocess
+    if missing:
+        print(f'mia-pruning notebooks: error: executing notebooks needs the dev extra, which installs nbdev and execnb '
+              f'(missing here: {", ".join(missing)}); install it in the clone: {DEV_INSTALL}', file=sys.stderr)
+        return 2
     try: paths = documentation_notebooks(None, a.names or None)
     except ValueError as e: p.error(str(e))
     if not a.check: execute_notebooks([q.name for q in paths], threads=a.threads)

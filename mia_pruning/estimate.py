@@ -219,13 +219,11 @@ class Plan:
     def attack_fits(self) -> dict:
         "Attack fits of the cells to run: per state and attack kind, learned attacks apart (each trains a network)."
         from mia_pruning.attacks import ATTACKS
-        from mia_pruning.pipeline import effective_attacks, cell_states
+        from mia_pruning.pipeline import cell_states, attacks_of_state
         fits = {'total': 0, 'learned': 0, 'other': 0, 'by_attack': {}}
         for _, p in self.cells:
-            names, _ = effective_attacks(p)
             for state in cell_states(p):  # the control arm's states are attacked as the pruned one
-                for n in names:
-                    if n == 'two_release' and state == 'dense' or n == 'multi_release' and state != 'pruned': continue
+                for n in attacks_of_state(p['attacks'].split(','), state):
                     fits['total'] += 1; fits['learned' if ATTACKS[n].kind == 'learned' else 'other'] += 1
                     fits['by_attack'][n] = fits['by_attack'].get(n, 0) + 1
         return fits
@@ -242,7 +240,7 @@ def plan_grid(spec, # preset name, YAML path, dict or GridSpec
     from mia_pruning.gridspec import as_spec, expand_cells, MAX_CELLS
     from mia_pruning.runs import is_complete
     from mia_pruning.grid import default_threads
-    from mia_pruning.pipeline import cell_models, model_job_done, resolve_params
+    from mia_pruning.pipeline import cell_models, model_job_done
     spec = as_spec(spec)
     cells = expand_cells(spec, MAX_CELLS if max_cells is None else max_cells)
     runs = Path(out_dir if out_dir is not None else default_out_dir() / spec.name) / 'runs'
@@ -250,9 +248,10 @@ def plan_grid(spec, # preset name, YAML path, dict or GridSpec
     cache = str(Path(cache_dir or default_cache_dir()).resolve())
     models, cached, out = {}, set(), []
     for c in todo:
-        p = resolve_params({**c.params, 'cache_dir': c.params.get('cache_dir') or cache})
+        rc = c.resolved.with_runtime(cache_dir=c.params.get('cache_dir') or cache)
+        p = rc.params
         out.append((c.id, p))
-        for job in cell_models(p):
+        for job in cell_models(rc):
             if job.key in models: continue
             models[job.key] = job
             if model_job_done(job, p['cache_dir']): cached.add(job.key)
@@ -276,8 +275,9 @@ def _attack_epochs(p: dict) -> int:
     return p['attack_epochs'] or default_attack_epochs()
 
 def _state_names(p: dict, state: str) -> list[str]:
-    from mia_pruning.pipeline import effective_attacks
-    return [n for n in effective_attacks(p)[0] if n not in ('two_release', 'multi_release') or state == 'pruned']
+    "The attacks model state `state` of resolved cell `p` runs (read from its resolved attack list: nothing validated again)."
+    from mia_pruning.pipeline import attacks_of_state
+    return attacks_of_state([n for n in p['attacks'].split(',') if n], state)
 
 def unit_keys(plan: Plan) -> list[str]:
     "The calibration units the plan's costs need."
@@ -312,8 +312,9 @@ def state_seconds(p: dict, state: str, units: dict) -> dict:
     names = _state_names(p, state)
     refs_sh = K - 1 + R if (K > 1 or R) else 0
     queries = S * (1 + refs_sh) + (K * pop * (1 + refs_sh) if refs_sh else 0) + (T + pop) * (1 + K + R)
-    if 'two_release' in names or 'multi_release' in names:  # the same records through the other releases: dense, and each of `releases`
-        queries *= 2 + (len(release_sparsities(p)) if 'multi_release' in names else 0)
+    reads = {sig for n in names for sig in ATTACKS[n].signals}
+    if reads & {'other_release', 'other_releases'}:  # the same records through the other releases: dense, and each of `releases`
+        queries *= 2 + (len(release_sparsities(p)) if 'other_releases' in reads else 0)
     sens = (S + T) * p['sensitivity_m'] if any(ATTACKS[n].needs_sensitivity for n in names) else 0
     out = {'features': queries * mu['query'] + sens * mu['sens_draw'], 'learned': 0.0, 'other': 0.0,
            'bootstrap': len(names) * T * p['n_boot'] * units['boot']}

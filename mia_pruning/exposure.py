@@ -11,32 +11,21 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 from .core import atomic_write, load_json, save_json
-from .runs import summary_runs
+from .runs import summary_runs, collect, read_scores, read_params, check_paired, PAIRED
+from .runs import stored_attacks as run_attacks  # one run folder's attacks per state
+from .data import class_names
 STATES = ("dense", "pruned")  # the model states of a run folder (as mia_pruning.pipeline.STATES)
 
 
 # %% auto #0
-__all__ = ['STATES', 'SETTING_KEYS', 'CLASS_NAMES', 'CELL_METRICS', 'CLASS_METRICS', 'class_names', 'per_sample_scores',
-           'fpr_threshold', 'exposure_counts', 'ExposureResult', 'exposure', 'plot_exposure_scatter',
-           'plot_score_change', 'plot_class_exposure', 'plot_newly_exposed', 'most_exposed', 'plot_exposed_images',
-           'stored_attacks', 'default_exposure_attacks', 'exposure_table', 'markdown_table', 'write_exposure_report']
+__all__ = ['STATES', 'SETTING_KEYS', 'CELL_METRICS', 'CLASS_METRICS', 'per_sample_scores', 'fpr_threshold', 'exposure_counts',
+           'ExposureResult', 'exposure', 'plot_exposure_scatter', 'plot_score_change', 'plot_class_exposure',
+           'plot_newly_exposed', 'most_exposed', 'plot_exposed_images', 'stored_attacks', 'default_exposure_attacks',
+           'exposure_table', 'markdown_table', 'write_exposure_report']
 
 # %% ../nbs/09a_exposure.ipynb #63337874
 SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'adaptive')  # what a setting is (besides any other varying parameter)
 _NOT_AXES = ('seed', 'out_dir', 'attacks', 'n_boot', 'data_root', 'device', 'threads', 'cache_dir')  # never split settings on these
-CLASS_NAMES = {
-    'fashion_mnist': ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
-    'digits': tuple(str(k) for k in range(10)),
-    'cifar10': ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'),
-}
-
-def class_names(dataset: str, # a dataset name (a key of DATASETS)
-                num_classes: int | None = None, # how many labels to name (default: all known)
-               ) -> list[str]:
-    "Readable names of a dataset's labels: the published names where known, else the label numbers."
-    known = CLASS_NAMES.get(dataset)
-    n = num_classes if num_classes is not None else (len(known) if known else 0)
-    return [known[k] if known and k < len(known) else str(k) for k in range(n)]
 
 
 # %% ../nbs/09a_exposure.ipynb #5c8e1a27
@@ -48,38 +37,12 @@ def _run_dirs(grid_dir) -> list[Path]:
     return summary_runs(g)[0]  # exactly the runs summary.csv holds: complete, of the current spec
 
 def _read_run(rd: Path, attack: str) -> tuple[dict, dict]:
-    "params and the per-state arrays of one run folder; raises on anything missing (the caller skips with a warning)."
-    pj = load_json(rd / 'params.json')
-    params = pj['params'] if isinstance(pj.get('params'), dict) else {k: v for k, v in pj.items() if k != 'provenance'}
-    out = {}
-    with np.load(rd / 'scores.npz', allow_pickle=False) as z:
-        for s in STATES:
-            need = [f'{s}__{k}' for k in ('is_member', 'labels', 'index', f'score__{attack}')]
-            missing = [k for k in need if k not in z.files]
-            if missing: raise KeyError(f'scores.npz lacks {missing}')
-            out[s] = {k: z[f'{s}__{k}'] for k in ('is_member', 'labels', 'index', 'py') if f'{s}__{k}' in z.files}
-            out[s]['score'] = z[f'{s}__score__{attack}']
-    return params, out
+    "params and the dense and pruned arrays of one run folder; raises on anything missing (the caller skips with a warning)."
+    params, _ = read_params(rd)
+    return params, read_scores(rd, STATES, attacks=(attack,), common=PAIRED)
 
-def _check_pair(rd: Path, arr: dict):
-    "Dense and pruned must score the same victim samples in the same order: refuse otherwise."
-    d, p = arr['dense'], arr['pruned']
-    n = len(d['index'])
-    for s in STATES:
-        bad = [k for k, v in arr[s].items() if np.shape(v) != (n,)]
-        if bad: raise ValueError(f'{rd}: {s} arrays {bad} do not have the shape ({n},) of dense__index')
-    if not np.array_equal(d['index'], p['index']):
-        k = int(np.flatnonzero(d['index'] != p['index'])[0])
-        raise ValueError(f'{rd}: dense and pruned scores are not over the same victim samples in the same order '
-                         f'(index arrays differ first at position {k}: {d["index"][k]} vs {p["index"][k]}); '
-                         'per-sample exposure needs both states scored on one list of samples')
-    for k in ('is_member', 'labels'):
-        if not np.array_equal(d[k], p[k]): raise ValueError(f'{rd}: dense and pruned {k} arrays differ for the same index array')
-    m = d['is_member'].astype(bool)
-    if m.all() or not m.any(): raise ValueError(f'{rd}: needs both members and non-members, got {int(m.sum())} members of {n}')
-
-def per_sample_scores(grid_dir, # a grid output folder holding runs/<cell_id>/{params.json,scores.npz}
-                      attack: str, # an attack name as stored in scores.npz (e.g. 'lira_offline')
+def per_sample_scores(grid_dir, # a grid output folder holding runs/<cell_id>/ (their parameters and per-sample scores)
+                      attack: str, # an attack name as the run folders store it (e.g. 'lira_offline')
                      ) -> pd.DataFrame:
     "One row per (run, victim sample): the cell's setting, the sample's index, label, membership and its dense and pruned score."
     if not isinstance(attack, str) or not attack: raise ValueError(f'attack must be a non-empty attack name, got {attack!r}')
@@ -88,14 +51,14 @@ def per_sample_scores(grid_dir, # a grid output folder holding runs/<cell_id>/{p
         try: params, arr = _read_run(rd, attack)
         except Exception as e:
             warnings.warn(f'skipping run folder {rd} for attack {attack!r}: {type(e).__name__}: {e}'); continue
-        _check_pair(rd, arr)
+        check_paired({st: arr[st] for st in STATES}, rd)  # the same records in one order, else the pairs would be of different records
         d, p = arr['dense'], arr['pruned']
-        cols = {'index': d['index'].astype(np.int64), 'label': d['labels'].astype(np.int64), 'is_member': d['is_member'].astype(bool),
-                'dense_score': d['score'].astype(np.float64), 'pruned_score': p['score'].astype(np.float64)}
-        if 'py' in d and 'py' in p: cols.update(dense_py=d['py'].astype(np.float64), pruned_py=p['py'].astype(np.float64))
+        cols = {'index': d.common['index'].astype(np.int64), 'label': d.common['labels'].astype(np.int64), 'is_member': d.is_member,
+                'dense_score': d.scores[attack].astype(np.float64), 'pruned_score': p.scores[attack].astype(np.float64)}
+        if 'py' in d.common and 'py' in p.common: cols.update(dense_py=d.common['py'].astype(np.float64), pruned_py=p.common['py'].astype(np.float64))
         frames.append(pd.DataFrame(cols)); params_of[rd.name] = params
     if not frames: raise ValueError(f'no usable run under {str(Path(grid_dir) / "runs")!r} has scores for attack {attack!r} '
-                                    '(a run is usable when params.json and scores.npz load and hold both states of the attack)')
+                                    '(a run is usable when its parameters and per-sample scores load and hold both states of the attack)')
     keys = set().union(*params_of.values()) - set(_NOT_AXES) - set(SETTING_KEYS) - {'subsample'}
     extra = sorted(k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params_of.values()}) > 1)
     out = []
@@ -572,30 +535,25 @@ def stored_attacks(grid_dir) -> list[str]:
     "Attack names with scores for both states in at least one run folder of the grid."
     names = set()
     for rd in _run_dirs(grid_dir):
-        try:
-            with np.load(rd / 'scores.npz', allow_pickle=False) as z: files = set(z.files)
-        except Exception: continue
-        got = [{k.split('__score__', 1)[1] for k in files if k.startswith(f'{s}__score__')} for s in STATES]
-        names |= set.intersection(*got)
+        try: held = run_attacks(rd)
+        except ValueError: continue
+        names |= set.intersection(*(set(held.get(s, ())) for s in STATES))
     return sorted(names)
 
 def default_exposure_attacks(grid_dir) -> list[str]:
-    "LiRA offline (if stored) and the threshold attack with the highest mean AUC on the pruned victims."
-    from sklearn.metrics import roc_auc_score
+    "LiRA offline (if stored) and the threshold attack with the highest mean AUC on the pruned victims (the AUCs of the runs' summary rows)."
     from mia_pruning.attacks import ATTACKS
     threshold = [n for n, a in ATTACKS.items() if a.kind == 'threshold']
     have = stored_attacks(grid_dir)
     out = ['lira_offline'] if 'lira_offline' in have else []
-    auc = {}
-    for a in (n for n in threshold if n in have):
-        vals = []
-        for rd in _run_dirs(grid_dir):
-            try:
-                with np.load(rd / 'scores.npz', allow_pickle=False) as z: m, s = z['pruned__is_member'], z[f'pruned__score__{a}']
-                if m.any() and not m.all() and not np.isnan(s).any(): vals.append(roc_auc_score(m, s))
-            except Exception: continue
-        if vals: auc[a] = float(np.mean(vals))
-    if auc: out.append(max(auc, key=auc.get))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # stored_attacks has named every run folder left out
+        rows = collect(grid_dir, write=False)  # summary.csv's rows, from the same run folders
+    if {'model_state', 'attack', 'auc'} <= set(rows.columns):
+        p = rows[(rows['model_state'] == 'pruned') & rows['attack'].isin(have)]
+        mean = pd.to_numeric(p['auc'], errors='coerce').groupby(p['attack']).mean().dropna()
+        auc = {a: float(mean[a]) for a in threshold if a in mean.index}
+        if auc: out.append(max(auc, key=auc.get))
     if not out: raise ValueError(f'no run under {str(grid_dir)!r} stores lira_offline or a threshold attack {threshold}; stored: {have}')
     return out
 

@@ -5,20 +5,23 @@
 # %% ../nbs/03a_fused.ipynb #0f83c09b
 from __future__ import annotations
 import copy, time, math, contextlib
+from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import get_device, seed_everything, in_test
-from .data import MIADataset
-from .train import TrainConfig, TrainResult, default_train_config, iterate_batches, make_optimizer
+from .core import get_device, seed_everything, in_test, ArtifactCache
+from .data import MIADataset, Splits, load_dataset, get_splits
+from .models import build_model
+from .threat import role_seed
+from .train import TrainConfig, TrainResult, default_train_config, iterate_batches, make_optimizer, train_cached, dense_key
 
 
 
 # %% auto #0
 __all__ = ['FUSABLE', 'AUTO_FUSED', 'AUTO_CPU_MAX_INPUT', 'GroupedLinear', 'fuse_models', 'check_fused', 'split_state',
-           'pack_inputs', 'unpack_logits', 'use_fused', 'train_models_fused']
+           'pack_inputs', 'unpack_logits', 'use_fused', 'train_models_fused', 'DenseModels', 'dense_models']
 
 # %% ../nbs/03a_fused.ipynb #82fa5035
 class GroupedLinear(nn.Module):
@@ -284,4 +287,46 @@ def _train_group(models, ds, pairs, cfg, seeds, device, progress, desc, channels
         mod.load_state_dict(best[i][2])
         out.append(TrainResult(mod, hist[i], best[i][1], best[i][0], secs / m))
     return out
+
+
+# %% ../nbs/03a_fused.ipynb #99ef69f9
+@dataclass
+class DenseModels:
+    "The dense victim and shadows of one (dataset, arch, seed), with their splits and training records."
+    dataset: MIADataset
+    splits: Splits
+    arch: str
+    victim: nn.Module
+    shadows: list
+    records: dict  # role -> {'key': cache key hash, 'history': [...], 'best_epoch': int, ...}
+
+def dense_models(dataset: str | MIADataset, # dataset name (or a loaded pool)
+                 arch: str, # a key of ARCHS
+                 seed: int = 7, # the global seed (splits and training)
+                 num_shadows: int = 5, # K shadow models
+                 cfg: TrainConfig | None = None, # recipe (default: the study's for the data kind)
+                 cache: ArtifactCache | None = None, root=None, device=None, progress: bool = True,
+                 fused: bool | str = 'auto', # train victim + shadows as one: True, False, or 'auto' (on where faster: see fused.use_fused)
+                ) -> DenseModels:
+    "The dense victim and K shadows of (`dataset`, `arch`, `seed`), trained once and cached."
+    ds = dataset if isinstance(dataset, MIADataset) else load_dataset(dataset, root)
+    build_model(arch, ds.num_classes, ds.input_shape)  # validates arch/shape before any work
+    fused = use_fused(fused, arch, device, ds.input_shape)
+    cache = cache if cache is not None else ArtifactCache()
+    cfg = cfg or default_train_config(ds.kind)
+    splits = get_splits(ds, len(ds), seed, num_shadows, cache=cache)
+    roles = [('victim', splits.victim)] + [(f'shadow{k}', s) for k, s in enumerate(splits.shadows)]
+    trained = {}
+    if fused:  # the models not yet in the cache train together, then each is cached as its own entry
+        todo = [(r, s) for r, s in roles if not cache.verify(cache.entry('dense_model', dense_key(ds, s, arch, cfg, role_seed(seed, r), r, True)))]
+        if todo:
+            nets = [build_model(arch, ds.num_classes, ds.input_shape, seed=role_seed(seed, r)) for r, _ in todo]
+            res = train_models_fused(nets, ds, [s for _, s in todo], cfg, [role_seed(seed, r) for r, _ in todo], device=device,
+                                     progress=progress, desc=f'{ds.name}/{arch}/fused x{len(todo)}')
+            trained = {r: x for (r, _), x in zip(todo, res)}
+    models, records = {}, {}
+    for role, split in tqdm(roles, desc='dense models', disable=not progress or in_test() or bool(fused)):
+        models[role], records[role] = train_cached(ds, split, arch, cfg, role_seed(seed, role), role, cache, device, progress,
+                                                   fused=fused, trained=trained.get(role))
+    return DenseModels(ds, splits, arch, models['victim'], [models[f'shadow{k}'] for k in range(num_shadows)], records)
 

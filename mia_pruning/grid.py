@@ -11,6 +11,7 @@ from .core import save_json, load_json, default_out_dir, default_cache_dir, conf
 from .gridspec import (SPEC_KEYS, GRID_NAME_RE, MAX_CELLS, STUDY_METHODS, PRESETS, check_grid_name, GridSpec, load_spec,
                        as_spec, Cell, expand_cells, merge_notes, check_max_cells, pipeline_module)
 from .gridlock import GridLockedError, GridLock
+import mia_pruning.runs as _runs  # the run-folder helpers that are not re-exported (`stored_attacks`)
 from .runs import (SUMMARY_COLUMNS, RECORD, STAGING, collect, is_complete, run_problem, verify_run, finish_run, stage_dir,
                    recover_swaps, clear_folder, plain_folder, plain_file, spec_cells)
 from .executors import Task, DependencyFailed, THREAD_VARS, run_local, run_dask, connect, interrupts_end_the_run, raise_if_interrupted
@@ -64,7 +65,7 @@ def plan_tasks(cell_tasks: list[dict], # see `runner.execute_cell`: cell_id, par
     models, done, cells = {}, {}, []
     for t in cell_tasks:
         cache_dir, needs = t['params'].get('cache_dir') or str(default_cache_dir()), []
-        for job in pipe.cell_models(t['params']):
+        for job in pipe.cell_models(t.get('cell') or t['params']):  # the cell as validated and resolved once (expand_cells)
             key = model_task_key(job.key, cache_dir, several)
             if key not in models and key not in done:
                 if pipe.model_job_done(job, cache_dir): done[key] = True; continue  # trained before: nobody waits for it
@@ -86,8 +87,8 @@ def data_mismatches(cells: list[Cell], runs_dir) -> list[str]:
     if fingerprint is None: return []
     now, out = {}, []
     for c in cells:
-        try: rec = load_json(Path(runs_dir) / c.id / 'params.json').get('provenance', {}).get('data')
-        except Exception: continue
+        try: rec = _runs.read_params(Path(runs_dir) / c.id)[1].get('data')
+        except ValueError: continue
         if not isinstance(rec, dict) or not rec.get('content_hash'): continue
         p = c.params
         key = (p['dataset'], p.get('data_root') or None, p.get('subsample', 0), p['seed'])
@@ -191,8 +192,8 @@ def grid_stages(models: dict, # model task key -> its result (`GridReport.models
         m['seconds'] += r['seconds']; k['seconds'] += r['seconds']
     stage, n = {}, 0
     for rd in run_dirs:
-        try: t = load_json(Path(rd) / 'params.json')['provenance']['timings']
-        except Exception: continue
+        try: t = _runs.read_params(rd)[1]['timings']
+        except (ValueError, KeyError): continue
         n += 1
         for key, v in t.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool): stage[key] = stage.get(key, 0.0) + v
@@ -215,6 +216,145 @@ def stage_summary(stages: dict) -> str:
         if 'total' in s: lines.append(f"  {'total':<22} {s['total']:9.1f}")
     return '\n'.join(lines)
 
+
+# %% ../nbs/11_grid.ipynb #b1e0a232
+def _check_paths(out_dir: Path, cells: list[Cell]):
+    "Refuse an output folder a grid may not write, and links where it will write (before anything is written)."
+    check_out_dir(out_dir)  # (a link to a folder is fine here: the user chose where the grid goes)
+    runs = out_dir / 'runs'
+    plain_folder(runs, 'the runs folder')  # below it, links could lead a clean-up outside the output folder
+    plain_file(out_dir / 'grid.json', 'grid record'); plain_file(out_dir / 'summary.csv', 'summary table')
+    for c in cells: plain_folder(runs / c.id, 'run folder')
+
+def _missing_attacks(cell: Cell, run_dir) -> list[str]:
+    "The 'state/attack' pairs `cell` runs now whose scores the complete run in `run_dir` does not hold."
+    pipe = pipeline_module()
+    try: held = _runs.stored_attacks(run_dir)
+    except ValueError: return []  # unreadable scores: whether the folder is complete is `is_complete`'s to judge
+    return [f'{s}/{a}' for s, wanted in pipe.cell_attacks(cell.params).items() for a in wanted if a not in held.get(s, ())]
+
+def _sort_cells(cells: list[Cell], runs: Path, resume: bool) -> tuple[list, list]:
+    "(cells whose complete run is kept, [(cell, staging folder or None)] to run); a partial or failed run folder is cleared."
+    keep, todo, lacking = [], [], {}
+    for c in cells:
+        rd = runs / c.id
+        if not is_complete(rd, c.id):
+            clear_folder(rd)  # partial or failed: nothing there counts
+            todo.append((c, None)); continue
+        missing = _missing_attacks(c, rd) if resume else []
+        if resume and not missing: keep.append(c); continue
+        if missing: lacking[c.id] = missing
+        todo.append((c, stage_dir(runs, c.id)))  # the complete run stays until its replacement is complete
+    if lacking:
+        cid, miss = next(iter(lacking.items()))
+        print(f'note: {len(lacking)} complete run(s) lack attacks their cell runs now and are recomputed (each kept until its '
+              f'replacement is complete); {cid} lacks {", ".join(miss)}')
+    return keep, todo
+
+def _refuse_other_data(name: str, keep: list[Cell], runs: Path):
+    "ValueError when a complete run to be kept was computed from other data than is found now (see `data_mismatches`)."
+    bad = data_mismatches(keep, runs)
+    if bad:
+        raise ValueError(f'grid {name!r}: {len(bad)} complete run(s) were computed from other data than is found now; '
+                         'nothing was run. Recompute them with the data found now (resume=False, --no-resume), use another '
+                         'output folder, or point data_root at the data they used:\n- ' + '\n- '.join(bad[:10]))
+
+def _not_in_spec(runs: Path, cell_ids) -> list[str]:
+    "The complete runs in `runs` that are not cells of this spec (kept on disk, left out of the summary)."
+    known = set(cell_ids)
+    return sorted(p.name for p in runs.iterdir() if not p.name.startswith('.') and p.name not in known
+                  and p.is_dir() and not p.is_symlink() and is_complete(p))
+
+def _start_record(report: GridReport, spec: GridSpec, status: dict, todo: list) -> dict:
+    "Write grid.json as the grid starts and return it; a grid with nothing to do keeps the record of the run that did the work."
+    started = time.strftime('%Y-%m-%d %H:%M:%S')
+    record = {'spec': spec.to_dict(), 'cells': status, 'merged': report.merged, 'not_in_spec': report.not_in_spec, 'started': started}
+    try: previous = load_json(report.out_dir / 'grid.json')
+    except Exception: previous = None
+    if not todo and isinstance(previous, dict) and previous.get('spec') == record['spec'] and previous.get('cells') == status:
+        record = {**previous, **record, 'started': previous.get('started', started)}
+    save_json(report.out_dir / 'grid.json', record)
+    return record
+
+def _cell_tasks(todo: list, runs: Path, template: str, threads: int | None, timeout, deathsig: bool, kernels) -> list[dict]:
+    "The argument of `runner.execute_cell` for each cell to run: one model cache for all cells, wherever they run."
+    cache, pipe, out = str(Path(default_cache_dir()).resolve()), pipeline_module(), []
+    for c, stage in todo:
+        params = dict(c.params)
+        if not params.get('cache_dir'): params['cache_dir'] = cache
+        if threads and 'threads' in pipe.CELL_DEFAULTS and not params.get('threads'): params['threads'] = threads
+        rc = c.resolved.with_runtime(**{k: params[k] for k in ('cache_dir', 'threads')}) if c.resolved is not None else None
+        out.append({'cell_id': c.id, 'params': params, 'cell': rc, 'run_dir': str((runs / c.id).resolve()),
+                    'stage': str(stage.resolve()) if stage else None, 'template': template, 'threads': threads,
+                    'timeout': timeout, 'deathsig': deathsig, 'kernels': kernels})
+    return out
+
+class _Bookkeeping:
+    "The `on_done` of a grid's tasks: each result into the report, the cells' status and the progress bar; `finish` closes the record."
+    def __init__(self, report: GridReport, status: dict, progress: bool):
+        from tqdm.auto import tqdm
+        self.report, self.status, self.progress, self.runs = report, status, progress, report.out_dir / 'runs'
+        self.cell_seconds, self.kernel_kinds = {}, {}
+        self.bar = tqdm(total=len(report.cell_ids), initial=len(report.skipped), desc=f'grid {report.name}', unit='cell',
+                        disable=not progress, dynamic_ncols=True)
+
+    def __call__(self, task, res, err):
+        if task.info.get('kind') == 'model': self.model_done(task, res, err)
+        else: self.cell_done(task, res, err)
+
+    def model_done(self, task, res, err):
+        "A model task's result (what it built or found) or its error, with the traceback kept where the report points."
+        models, cid = self.report.models, task.key
+        models[cid] = ({k: v for k, v in res.items() if k != 'cache_use'} if err is None
+                       else {'kind': task.info['model_kind'], 'role': task.info['role'], 'error': error_summary(err)})
+        if err is not None:
+            if not isinstance(err, DependencyFailed):
+                log = self.report.out_dir / 'model_errors' / f"{cid.replace(':', '_')}.txt"
+                with contextlib.suppress(OSError):
+                    log.parent.mkdir(exist_ok=True)
+                    log.write_text(''.join(traceback.format_exception(err)))
+                    models[cid]['traceback'] = str(log)
+            self.bar.write(f'model task {cid} FAILED: {error_summary(err)}')
+        self.bar.set_postfix(models=len(models), failed=len(self.report.failed))
+
+    def cell_done(self, task, res, err):
+        "A cell counts as ran only when its run folder is complete; else it failed (a complete previous run is kept)."
+        cid, rd, report = task.key, self.runs / task.key, self.report
+        if isinstance(err, DependencyFailed):
+            res = {'status': 'failed', 'error': f'its model(s) could not be trained: {err}', 'notebook': None}
+        elif err is not None: res = {'status': 'failed', 'error': f'worker lost: {error_summary(err)}', 'notebook': task.arg['run_dir']}
+        else:
+            self.cell_seconds[cid] = res.get('seconds', 0.0)
+            if res.get('kernel'): self.kernel_kinds[res['kernel']] = self.kernel_kinds.get(res['kernel'], 0) + 1
+        if res['status'] != 'ok' or not is_complete(rd, cid):
+            report.failed[cid] = res.get('error') or f'the run folder is not complete ({run_problem(rd, cid)})'
+            self.status[cid] = 'complete (previous run kept)' if is_complete(rd, cid) else 'failed'
+            self.bar.write(f"cell {cid} FAILED: {report.failed[cid]} (notebook: {res.get('notebook')})")
+        else: report.ran.append(cid); self.status[cid] = 'complete'
+        self.bar.update(1); self.bar.set_postfix(failed=len(report.failed))
+
+    def finish(self, todo: list, record: dict, t0: float, **options):
+        "Close the bar, write grid.json's closing record (`options`: how it ran) and print where the time went."
+        report = self.report
+        self.bar.close()
+        for c, _ in todo:
+            if self.status[c.id] == 'pending' and is_complete(self.runs / c.id, c.id): self.status[c.id] = 'complete (previous run kept)'
+        report.stages = grid_stages(report.models, self.cell_seconds, [self.runs / c for c in report.ran])
+        save_json(report.out_dir / 'grid.json', {**record, 'cells': self.status, **options, 'kernels': self.kernel_kinds,
+                                                 'models': report.models, 'stages': report.stages,
+                                                 'seconds': round(time.time() - t0, 3), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
+        if self.progress and report.stages: print(report.stage_summary())
+
+def _collect_quietly(out_dir: Path, cells: list[Cell]) -> Path:
+    "`collect` the cells of this spec into summary.csv, without repeating the warnings the report already gave."
+    with warnings.catch_warnings():  # the failed cells were reported above
+        warnings.filterwarnings('ignore', message=r'skipping run folder .*: not complete \(it has no completion record')
+        warnings.filterwarnings('ignore', message=r'.* are not cells of the current spec')  # in the report and grid.json
+        collect(out_dir, cells=[c.id for c in cells])
+    return out_dir / 'summary.csv'
+
+
+# %% ../nbs/11_grid.ipynb #b1e0a235
 def run_grid(spec, # preset name, YAML path, dict or GridSpec
              out_dir: str | Path | None = None, # output folder (default: outputs/<name>)
              executor: str = 'local', # 'local' (process pool) or 'dask'
@@ -230,17 +370,13 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
              kernels: str | None = None, # cells' kernels: 'forked' from a warm server or 'fresh' processes (default: each worker's `kernels.default_kernels()`)
             ) -> GridReport:
     "Run every cell of a grid through the experiment notebook (resumable, locked, failures reported); write summary.csv."
-    from tqdm.auto import tqdm
     check_run_options(executor, workers, threads, timeout, scheduler, schedule, kernels)
     spec = as_spec(spec)
     cells = expand_cells(spec, max_cells)
     tmpl = load_template(template)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir() / spec.name
     runs = out_dir / 'runs'
-    check_out_dir(out_dir)  # (a link to a folder is fine here: the user chose where the grid goes)
-    plain_folder(runs, 'the runs folder')  # below it, links could lead a clean-up outside the output folder
-    plain_file(out_dir / 'grid.json', 'grid record'); plain_file(out_dir / 'summary.csv', 'summary table')
-    for c in cells: plain_folder(runs / c.id, 'run folder')
+    _check_paths(out_dir, cells)
     client = connect(scheduler) if scheduler else None  # before anything is written
     t0 = time.time()
     if schedule == 'models' and 'run_cell' not in tmpl: schedule = 'cells'  # a template that does not run run_cell uses no cached model
@@ -249,95 +385,24 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
     with GridLock(out_dir), contextlib.closing(client) if client else contextlib.nullcontext(), interrupts_end_the_run():
         runs.mkdir(parents=True, exist_ok=True)
         recover_swaps(runs); clear_folder(runs / STAGING)  # what an interrupted run left half done
-        status = {c.id: 'pending' for c in cells}
-        todo, keep = [], []
-        for c in cells:
-            rd = runs / c.id
-            if is_complete(rd, c.id):
-                if resume: keep.append(c); continue
-                todo.append((c, stage_dir(runs, c.id)))  # the complete run stays until its replacement is complete
-            else:
-                clear_folder(rd)  # partial or failed: nothing there counts
-                todo.append((c, None))
-        bad = data_mismatches(keep, runs)
-        if bad:
-            raise ValueError(f'grid {spec.name!r}: {len(bad)} complete run(s) were computed from other data than is found now; '
-                             'nothing was run. Recompute them with the data found now (resume=False, --no-resume), use another '
-                             'output folder, or point data_root at the data they used:\n- ' + '\n- '.join(bad[:10]))
-        for c in keep: report.skipped.append(c.id); status[c.id] = 'complete'
-        known = set(status)
-        report.not_in_spec = sorted(p.name for p in runs.iterdir() if not p.name.startswith('.') and p.name not in known
-                                    and p.is_dir() and not p.is_symlink() and is_complete(p))
-        started = time.strftime('%Y-%m-%d %H:%M:%S')
-        record = {'spec': spec.to_dict(), 'cells': status, 'merged': report.merged, 'not_in_spec': report.not_in_spec, 'started': started}
-        try: previous = load_json(out_dir / 'grid.json')
-        except Exception: previous = None
-        if not todo and isinstance(previous, dict) and previous.get('spec') == record['spec'] and previous.get('cells') == status:
-            record = {**previous, **record, 'started': previous.get('started', started)}  # nothing to do: keep the record of the run that did the work
-        save_json(out_dir / 'grid.json', record)
+        keep, todo = _sort_cells(cells, runs, resume)
+        _refuse_other_data(spec.name, keep, runs)
+        report.skipped = [c.id for c in keep]
+        status = {c.id: 'complete' if c.id in report.skipped else 'pending' for c in cells}
+        report.not_in_spec = _not_in_spec(runs, status)
+        record = _start_record(report, spec, status, todo)
         if todo:
             n_workers = workers or min(len(todo) if schedule == 'cells' else max(len(todo), 2), default_threads(1), 4)
             n_threads = threads if threads is not None else (None if scheduler else default_threads(n_workers))
-            cache = str(Path(default_cache_dir()).resolve())
-            pipe = pipeline_module()
-            cell_tasks = []
-            for c, stage in todo:
-                params = dict(c.params)
-                if not params.get('cache_dir'): params['cache_dir'] = cache  # one cache for all cells, wherever they run
-                if n_threads and 'threads' in pipe.CELL_DEFAULTS and not params.get('threads'): params['threads'] = n_threads
-                cell_tasks.append({'cell_id': c.id, 'params': params, 'run_dir': str((runs / c.id).resolve()),
-                                   'stage': str(stage.resolve()) if stage else None, 'template': tmpl, 'threads': n_threads,
-                                   'timeout': timeout, 'deathsig': executor == 'local', 'kernels': kernels})
-            bar = tqdm(total=len(cells), initial=len(report.skipped), desc=f'grid {spec.name}', unit='cell',
-                       disable=not progress, dynamic_ncols=True)
-            def on_done(task, res, err):
-                cid = task.key
-                if task.info.get('kind') == 'model':
-                    report.models[cid] = ({k: v for k, v in res.items() if k != 'cache_use'} if err is None
-                                          else {'kind': task.info['model_kind'], 'role': task.info['role'], 'error': error_summary(err)})
-                    if err is not None:
-                        if not isinstance(err, DependencyFailed):  # the traceback, kept where the report points
-                            log = out_dir / 'model_errors' / f"{cid.replace(':', '_')}.txt"
-                            with contextlib.suppress(OSError):
-                                log.parent.mkdir(exist_ok=True)
-                                log.write_text(''.join(traceback.format_exception(err)))
-                                report.models[cid]['traceback'] = str(log)
-                        bar.write(f'model task {cid} FAILED: {error_summary(err)}')
-                    bar.set_postfix(models=len(report.models), failed=len(report.failed)); return
-                if isinstance(err, DependencyFailed):
-                    res = {'status': 'failed', 'error': f'its model(s) could not be trained: {err}', 'notebook': None}
-                elif err is not None: res = {'status': 'failed', 'error': f'worker lost: {error_summary(err)}', 'notebook': task.arg['run_dir']}
-                else:
-                    cell_seconds[cid] = res.get('seconds', 0.0)
-                    if res.get('kernel'): kernel_kinds[res['kernel']] = kernel_kinds.get(res['kernel'], 0) + 1
-                if res['status'] != 'ok' or not is_complete(runs / cid, cid):
-                    report.failed[cid] = res.get('error') or f'the run folder is not complete ({run_problem(runs / cid, cid)})'
-                    status[cid] = 'complete (previous run kept)' if is_complete(runs / cid, cid) else 'failed'
-                    bar.write(f"cell {cid} FAILED: {report.failed[cid]} (notebook: {res.get('notebook')})")
-                else: report.ran.append(cid); status[cid] = 'complete'
-                bar.update(1); bar.set_postfix(failed=len(report.failed))
-            cell_seconds, kernel_kinds = {}, {}
-            tasks = plan_tasks(cell_tasks, schedule)
+            books = _Bookkeeping(report, status, progress)
+            tasks = plan_tasks(_cell_tasks(todo, runs, tmpl, n_threads, timeout, executor == 'local', kernels), schedule)
             try:
-                if executor == 'local': run_local(tasks, n_workers, n_threads, on_done)
-                else: run_dask(tasks, n_workers, client, on_done)
+                if executor == 'local': run_local(tasks, n_workers, n_threads, books)
+                else: run_dask(tasks, n_workers, client, books)
                 raise_if_interrupted()
-            finally:
-                bar.close()
-                for c, _ in todo:
-                    if status[c.id] == 'pending' and is_complete(runs / c.id, c.id): status[c.id] = 'complete (previous run kept)'
-                report.stages = grid_stages(report.models, cell_seconds, [runs / c for c in report.ran])
-                save_json(out_dir / 'grid.json', {**record, 'cells': status, 'executor': executor, 'workers': n_workers,
-                                                  'threads': n_threads, 'schedule': schedule, 'kernels': kernel_kinds, 'models': report.models,
-                                                  'stages': report.stages, 'seconds': round(time.time() - t0, 3),
-                                                  'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
-                if progress and report.stages: print(report.stage_summary())
+            finally: books.finish(todo, record, t0, executor=executor, workers=n_workers, threads=n_threads, schedule=schedule)
         raise_if_interrupted()  # a signal the cells swallowed: no summary, no report
-        with warnings.catch_warnings():  # the failed cells were reported above
-            warnings.filterwarnings('ignore', message=r'skipping run folder .*: not complete \(it has no completion record')
-            warnings.filterwarnings('ignore', message=r'.* are not cells of the current spec')  # in the report and grid.json
-            collect(out_dir, cells=[c.id for c in cells])
-        report.summary_path = out_dir / 'summary.csv'
+        report.summary_path = _collect_quietly(out_dir, cells)
     report.seconds = time.time() - t0
     return report
 

@@ -224,6 +224,7 @@ class Cell:
     coords: dict
     where: str = 'grid'
     merged: list = field(default_factory=list)  # [{'where': ..., 'coords': ...}] of the spellings merged into this cell
+    resolved: object = None  # its `pipeline.ResolvedCell`: validated and resolved once, read by the planner and the estimate
 
 def _product(axes: dict) -> list[dict]:
     keys = list(axes)
@@ -251,13 +252,13 @@ def expand_cells(spec, # preset name, YAML path, dict or GridSpec
         for coords in _product(axes):
             raw = {**fixed, **coords}
             try:
-                params = pipe.validate_params(raw)
-                cid = pipe.cell_id(params)
+                rc = pipe.resolve_cell(raw)  # the one validation and resolution of this cell
+                params, cid = dict(rc.given), rc.id
             except (ValueError, TypeError, KeyError, RuntimeError) as e:
                 errors.setdefault(str(e), []).append(f'{where} {coords}')
                 continue
             if cid in by_id: by_id[cid].merged.append({'where': where, 'coords': coords}); continue
-            by_id[cid] = Cell(cid, params, coords, where); cells.append(by_id[cid])
+            by_id[cid] = Cell(cid, params, coords, where, resolved=rc); cells.append(by_id[cid])
     if errors:
         n_bad = sum(map(len, errors.values()))
         lines = [f'- {msg} (in {len(at)} cell(s), e.g. {at[0]})' for msg, at in list(errors.items())[:6]]

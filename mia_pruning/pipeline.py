@@ -14,26 +14,29 @@ from .core import (ArtifactCache, get_device, seed_everything, in_test, config_h
                               load_json, save_arrays, load_arrays, cache_use)
 from .data import DATASETS, Split, load_dataset, subsample_dataset, check_name, splits_hash, get_splits
 from .models import ARCHS, build_model
-from .train import default_train_config, dense_models, train_cached, accuracy
+from .train import default_train_config, train_cached, accuracy
+from .fused import dense_models
 from .fused import use_fused
 from .prune import PRUNE_METHODS, STRUCTURED_BN, check_sparsity, check_model_for
 from .defenses import DEFENSES, make_defense
 from .pruned import pruned_model, control_model
 from .features import attack_data_for, AttackData
-from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
+from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, ATTACK_STOPS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
 from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed
 from .divergence import divergence_summary
-from .runs import RECORD, finish_run, is_complete
+from .runs import RECORD, finish_run, is_complete, write_run_folder, join_states
+from .states import ModelSet, AttackSettings, state_attacks
 from .plugins import PLUGIN_PARAMS, is_plugin, canonical_spec, pin_spec, short_name, plugin_identity
 
 
 # %% auto #0
 __all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATES', 'ALL_STATES', 'INFERENCE_MODES',
-           'LIRA_ONLINE_MIN_REFERENCES', 'PARAM_RANGES', 'ADDED_LATER', 'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS',
-           'effective_attacks', 'release_sparsities', 'validate_params', 'resolve_params', 'cell_states', 'cell_id',
-           'CellResult', 'ModelJob', 'reference_count', 'model_params', 'matched_epochs', 'cell_models',
-           'release_params', 'model_job_record', 'model_job_done', 'build_model_job', 'fit_diagnostics', 'run_cell',
-           'write_run']
+           'LIRA_ONLINE_MIN_REFERENCES', 'CELL_REQUIREMENTS', 'PARAM_RANGES', 'ADDED_LATER', 'ID_ALL',
+           'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'attacks_of_state', 'release_sparsities',
+           'validate_params', 'Frozen', 'ResolvedCell', 'resolve_cell', 'resolve_params', 'cell_states', 'cell_id',
+           'cell_attacks', 'CellResult', 'ModelJob', 'reference_count', 'model_params', 'matched_epochs', 'CellPlan',
+           'cell_plan', 'cell_models', 'release_params', 'model_job_record', 'model_job_done', 'ModelBuilder',
+           'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -60,6 +63,7 @@ CELL_DEFAULTS = dict(
     attack_epochs=0,             # epochs of the learned attacks (0 = the study's 100; 3 under IN_TEST)
     attack_recipe='study',       # learned attacks' training: 'study' (SGD on raw posteriors) or 'tuned' (Adam on standardised log-posteriors; nn, nn_top3, nn_cls)
     attack_check='refit',        # learned attacks' held-out check: 'refit' (train on all shadow data + a check model on 80%), 'split' (train on 80%), 'none'
+    attack_stop='epochs',        # learned attacks' length: 'epochs' (the study's fixed schedule) or 'heldout' (early stopping on the held-out shadow loss, patience 10)
     num_references=4,            # extra reference models for online LiRA (0 = skip lira_online)
     sensitivity_m=10,            # noise draws of the sensitivity feature
     sensitivity_eps=0.001,       # noise scale of the sensitivity feature
@@ -93,33 +97,49 @@ def _probe_model(arch, dataset):
 
 LIRA_ONLINE_MIN_REFERENCES = 2 * LIRA_ONLINE_MIN_IN  # each candidate is IN for half of them (see 06_attacks: one IN model is near chance)
 
+def _out_references(p) -> bool: return p['num_shadows'] + p['num_references'] // 2 >= 2
+
+# each requirement of the attack registry (`attacks.REQUIREMENTS`) as a cell can meet it: (met?, why 'all' skips it, the error when named)
+CELL_REQUIREMENTS = {
+    'out_references': (_out_references, lambda p: 'fewer than 2 OUT reference models',
+                       lambda n, p: f"{n} needs at least 2 OUT reference models per sample; num_shadows={p['num_shadows']} "
+                                    f"and num_references={p['num_references']} give fewer"),
+    'online_references': (lambda p: p['num_references'] >= LIRA_ONLINE_MIN_REFERENCES, lambda p: f'num_references < {LIRA_ONLINE_MIN_REFERENCES}',
+                          lambda n, p: f"{n} needs num_references >= {LIRA_ONLINE_MIN_REFERENCES} (each candidate is IN for half of "
+                                       f"them, and one IN model per sample gives a near-chance likelihood ratio), got {p['num_references']}"),
+    'pruned_shadows': (lambda p: not p['dense_shadows'], lambda p: 'dense_shadows: no pruned shadows',
+                       lambda n, p: f'{n} needs shadows that are dense + pruned pairs; with dense_shadows=True the adversary '
+                                    'has no pruned shadows to learn what pruning changes'),
+    'releases': (lambda p: bool(p['releases']), None,  # 'all' holds such an attack only where a cell ships several releases
+                 lambda n, p: f"{n} needs the victim's other releases: set the cell parameter releases to the other sparsities "
+                              "of its pruning method that were shipped (e.g. releases='0.5,0.9'); this cell has none"),
+}
+
 def effective_attacks(p: dict) -> tuple[list[str], dict]:
-    "The attacks a validated cell runs, and those skipped from 'all' with the reason."
+    "The attacks a validated cell runs, and those skipped from 'all' with the reason: each attack's `requires` (its registry entry) against the cell."
+    if p['num_references'] % 2: raise ValueError(f"num_references must be even (each candidate is IN for exactly half), got {p['num_references']}")
     names, skipped = resolve_attacks(p['attacks'], releases=bool(p['releases'])), {}  # 'all' holds multi_release only where a cell ships several releases
     explicit = p['attacks'].strip().lower() != 'all'
-    if 'multi_release' in names and not p['releases']:  # reachable only when named
-        raise ValueError("multi_release needs the victim's other releases: set the cell parameter releases to the other sparsities "
-                         "of its pruning method that were shipped (e.g. releases='0.5,0.9'); this cell has none")
-    if 'multi_release' in names and p['dense_shadows']:
-        if explicit: raise ValueError('multi_release needs pruned shadows at every release; with dense_shadows=True the adversary has none')
-        skipped['multi_release'] = 'dense_shadows: no pruned shadows'
-    if p['releases'] and ('multi_release' not in names or 'multi_release' in skipped):  # its models would be trained for nothing
+    for n in names:
+        for req in ATTACKS[n].requires:
+            met, why, error = CELL_REQUIREMENTS[req]
+            if met(p): continue
+            if explicit or why is None: raise ValueError(error(n, p))
+            skipped.setdefault(n, why(p))
+    run = [n for n in names if n not in skipped]
+    if p['releases'] and not any('other_releases' in ATTACKS[n].signals for n in run):  # its models would be trained for nothing
         raise ValueError(f"releases={p['releases']!r} is read only by the multi_release attack, which this cell does not run "
                          f"({'dense_shadows=True' if p['dense_shadows'] else 'attacks=' + repr(p['attacks'])}); drop releases or run multi_release")
-    if p['num_references'] % 2: raise ValueError(f"num_references must be even (each candidate is IN for exactly half), got {p['num_references']}")
-    if 'lira_online' in names and p['num_references'] < LIRA_ONLINE_MIN_REFERENCES:
-        if explicit: raise ValueError(f"lira_online needs num_references >= {LIRA_ONLINE_MIN_REFERENCES} (each candidate is IN for half of "
-                                      f"them, and one IN model per sample gives a near-chance likelihood ratio), got {p['num_references']}")
-        skipped['lira_online'] = f'num_references < {LIRA_ONLINE_MIN_REFERENCES}'
-    if 'lira_offline' in names and p['num_shadows'] + p['num_references'] // 2 < 2:
-        if explicit: raise ValueError(f"lira_offline needs at least 2 OUT reference models per sample; num_shadows={p['num_shadows']} "
-                                      f"and num_references={p['num_references']} give fewer")
-        skipped['lira_offline'] = 'fewer than 2 OUT reference models'
-    if 'two_release' in names and p['dense_shadows']:
-        if explicit: raise ValueError('two_release needs shadows that are dense + pruned pairs; with dense_shadows=True the adversary '
-                                      'has no pruned shadows to learn what pruning changes')
-        skipped['two_release'] = 'dense_shadows: no pruned shadows'
-    return [n for n in names if n not in skipped], skipped
+    return run, skipped
+
+def attacks_of_state(names, # the attacks a cell runs (`ResolvedCell.attacks`)
+                  state: str, # a model state: 'dense', 'pruned', 'control' or 'control_matched'
+                 ) -> list[str]:
+    "The attacks one model state runs: an attack reading the other release runs on every treated state, one reading every release on the pruned one."
+    def runs_on(n):
+        sig = ATTACKS[n].signals
+        return not ('other_release' in sig and state == 'dense' or 'other_releases' in sig and state != 'pruned')
+    return [n for n in names if runs_on(n)]
 
 def release_sparsities(p: dict) -> list[float]:
     "The sparsities of a cell's other releases (parameter `releases`), sorted; a ValueError names a malformed, repeated or out-of-range one."
@@ -156,19 +176,9 @@ def _check_compatible(arch: str, dataset: str, method: str):
     "arch x dataset (image-only archs on tabular data) and arch x prune method, checked on the meta-device model."
     check_model_for(_probe_model(arch, dataset), method)
 
-_VALIDATED: dict = {}  # sorted items -> validated items; a validated dict maps to itself (a grid re-validates its cells)
-
 def validate_params(params: dict) -> dict:
     "Complete `params` with CELL_DEFAULTS and check every key, type, value and combination (ValueError otherwise)."
-    try: key = tuple(sorted(params.items()))
-    except TypeError: return _validate(params)  # an unhashable or unorderable value: the long way names it
-    if _names_plugins(params): return _validate(params)  # a plug-in's file may change between two calls: checked every time
-    hit = _VALIDATED.get(key)
-    if hit is None:
-        hit = tuple(_validate(dict(key)).items())
-        if len(_VALIDATED) > 50_000: _VALIDATED.clear()
-        _VALIDATED[key] = _VALIDATED[tuple(sorted(hit))] = hit
-    return dict(hit)
+    return dict(resolve_cell(params).given)
 
 def _attack_names(v) -> list:
     return [n.strip() for n in v.split(',')] if isinstance(v, str) else []
@@ -198,6 +208,9 @@ def _validate(params: dict) -> dict:
         if not lo <= p[k] <= hi: raise ValueError(f'parameter {k} must be in [{lo}, {hi}], got {p[k]}')
     if p['attack_recipe'] not in ATTACK_RECIPES: raise ValueError(f"attack_recipe must be one of {list(ATTACK_RECIPES)}, got {p['attack_recipe']!r}")
     if p['attack_check'] not in ATTACK_CHECKS: raise ValueError(f"attack_check must be one of {list(ATTACK_CHECKS)}, got {p['attack_check']!r}")
+    if p['attack_stop'] not in ATTACK_STOPS: raise ValueError(f"attack_stop must be one of {list(ATTACK_STOPS)}, got {p['attack_stop']!r}")
+    if p['attack_stop'] == 'heldout' and p['attack_check'] == 'none':
+        raise ValueError("attack_stop='heldout' stops on the held-out shadow loss, which attack_check='none' does not hold out: use 'split' or 'refit'")
     if p['control'] not in CONTROLS: raise ValueError(f"control must be one of {CONTROLS}, got {p['control']!r}")
     if p['control'] in ('matched', 'both') and p['defense'] != 'none' and DEFENSES[p['defense']].replaces_fine_tune:
         raise ValueError(f"control={p['control']!r}: the matched control keeps its last epoch's weights, which {p['defense']}'s own "
@@ -216,13 +229,11 @@ def _validate(params: dict) -> dict:
     p['releases'] = ','.join(f'{s:g}' for s in release_sparsities(p))  # one spelling: '0.9, 0.5' and '0.5,0.9' are one cell
     for m in {p['prune_method'], p['shadow_prune_method']} - {'same'}:  # pinned: an edited plug-in is probed again
         _check_compatible(pin_spec(p['arch']), pin_spec(p['dataset']), pin_spec(m))
-    effective_attacks(p)
     return p
 
-def resolve_params(params: dict) -> dict:
-    "Validated `params` with every placeholder written out: the parameters that determine a cell's results."
-    p = validate_params(params)
-    names, _ = effective_attacks(p)
+def _resolve(p: dict, names: list) -> dict:
+    "Validated `p` with every placeholder written out: the parameters that determine a cell's results."
+    p = dict(p)
     p.update(shadow_prune_method=p['prune_method'] if p['shadow_prune_method'] == 'same' else p['shadow_prune_method'],
              shadow_sparsity=p['sparsity'] if p['shadow_sparsity'] == -1 else p['shadow_sparsity'],
              defense_param=float(_make_defense(p).param) if p['defense'] != 'none' else -1.0,
@@ -232,11 +243,66 @@ def resolve_params(params: dict) -> dict:
     return p
 
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
-ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none', 'releases': ''}
+ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none', 'releases': '', 'attack_stop': 'epochs'}
+# what attacks='all' stands for in a cell id: the registry as it was when ids were defined. An attack added to the registry
+# later joins every 'all' cell's run (computed alone: see 10g_states) but not its id, so existing cells keep their ids.
+ID_ALL = ('gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'nn', 'nn_top3', 'nn_cls', 'samia', 'loss', 'lira_offline',
+          'lira_online', 'rmia', 'qmia', 'two_release', 'multi_release')
 
 def _set_later(p: dict, keys=ADDED_LATER) -> dict:
     "Those of the parameters `keys` (added later) that `p` sets away from their default: the only ones a key may hold."
     return {k: p[k] for k in keys if p[k] != ADDED_LATER[k]}
+
+def _cell_id(given: dict, p: dict) -> str:
+    "A stable id: readable prefix + hash of the resolved parameters (for attacks='all', only the attacks of ID_ALL)."
+    sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC and k not in ADDED_LATER} | _set_later(p)
+    if given['attacks'].strip().lower() == 'all': sem['attacks'] = ','.join(n for n in p['attacks'].split(',') if n in ID_ALL)
+    if plugins := plugin_identity(p): sem['plugins'] = plugins  # only with plug-ins: built-in cells keep their ids
+    n = {k: short_name(p[k]) for k in ('dataset', 'arch', 'prune_method', 'defense')}  # a plug-in's object name: a safe folder name
+    return f"{n['dataset']}-{n['arch']}-{n['prune_method']}-{p['sparsity']:g}-{n['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
+
+class Frozen(dict):
+    "A read-only dict (pickles as a dict): what a resolved cell holds."
+    def _ro(self, *a, **k): raise TypeError('a resolved cell is read-only: make a new one with resolve_cell({**cell.given, ...})')
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _ro
+    def __reduce__(self): return (Frozen, (dict(self),))
+
+@dataclass(frozen=True)
+class ResolvedCell:
+    "A cell validated and resolved once: what every later step reads (the grid's planner, `run_cell`, the estimate)."
+    given: Frozen  # the validated parameters as given (placeholders such as attacks='all' kept): what a run folder records
+    params: Frozen  # the resolved parameters (placeholders written out, plug-ins pinned)
+    attacks: tuple  # the attacks it runs, in registry order
+    skipped: Frozen  # attacks of 'all' it skips, with the reason
+    id: str  # its folder name and identity
+
+    @property
+    def states(self) -> tuple: return cell_states(self.params)
+    def state_attacks(self, state: str) -> list[str]: return attacks_of_state(self.attacks, state)
+    def attacks_by_state(self) -> dict: return {s: self.state_attacks(s) for s in self.states}
+
+    def with_runtime(self, **kw) -> 'ResolvedCell':
+        "The same cell with where/how it runs changed (`NON_SEMANTIC`: cache_dir, data_root, device, threads): checked, id unchanged."
+        bad = [k for k in kw if k not in NON_SEMANTIC or k == 'data_root']
+        if bad: raise ValueError(f'with_runtime changes only {[k for k in NON_SEMANTIC if k != "data_root"]}; got {bad}')
+        for k, v in kw.items():
+            if not _type_ok(v, CELL_DEFAULTS[k]): raise ValueError(f'parameter {k}={v!r} must be of type {type(CELL_DEFAULTS[k]).__name__}')
+        if 'threads' in kw and not PARAM_RANGES['threads'][0] <= kw['threads'] <= PARAM_RANGES['threads'][1]:
+            raise ValueError(f"parameter threads must be in {list(PARAM_RANGES['threads'])}, got {kw['threads']}")
+        if 'device' in kw: _check_device(kw['device'])
+        return ResolvedCell(Frozen({**self.given, **kw}), Frozen({**self.params, **kw}), self.attacks, self.skipped, self.id)
+
+def resolve_cell(params: 'dict | ResolvedCell') -> ResolvedCell:
+    "Validate `params` once (every key, type, value and combination: ValueError otherwise) and resolve them: a `ResolvedCell`."
+    if isinstance(params, ResolvedCell): return params
+    given = _validate(dict(params))
+    names, skipped = effective_attacks(given)
+    p = _resolve(given, names)
+    return ResolvedCell(Frozen(given), Frozen(p), tuple(p['attacks'].split(',')), Frozen(skipped), _cell_id(given, p))  # attacks in resolved order
+
+def resolve_params(params: dict) -> dict:
+    "Validated `params` with every placeholder written out: the parameters that determine a cell's results."
+    return dict(resolve_cell(params).params)
 
 def cell_states(p: dict) -> tuple:
     "The model states a (validated) cell attacks: dense, pruned, and its control arm's."
@@ -244,73 +310,30 @@ def cell_states(p: dict) -> tuple:
 
 def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
-    p = resolve_params(params)
-    sem = {k: v for k, v in p.items() if k not in NON_SEMANTIC and k not in ADDED_LATER} | _set_later(p)
-    if plugins := plugin_identity(p): sem['plugins'] = plugins  # only with plug-ins: built-in cells keep their ids
-    n = {k: short_name(p[k]) for k in ('dataset', 'arch', 'prune_method', 'defense')}  # a plug-in's object name: a safe folder name
-    return f"{n['dataset']}-{n['arch']}-{n['prune_method']}-{p['sparsity']:g}-{n['defense']}-s{p['seed']}-{config_hash(sem, 10)}"
+    return resolve_cell(params).id
+
+def cell_attacks(params: 'dict | ResolvedCell') -> dict:
+    "state -> the attacks that model state of the cell runs (what a complete run folder of it must hold)."
+    return resolve_cell(params).attacks_by_state()
 
 
 # %% ../nbs/10_pipeline.ipynb #564192f9
 @dataclass
 class CellResult:
-    "Everything a cell produced: validated params, flat metrics, summary rows, per-sample scores, provenance."
+    "Everything a cell produced: validated params, flat metrics, summary rows, per-sample arrays per model state, provenance."
     params: dict
     metrics: dict
     rows: list
-    scores: dict
+    states: dict  # model state -> `runs.StateArrays`
     provenance: dict
     divergence: dict = field(default_factory=dict)
+
+    @property
+    def scores(self) -> dict: return join_states(self.states)  # the flat arrays as the run folder stores them
 
 def _key(info_or_record) -> str:
     "The cache key hash of a dense record or a pruned model's info."
     return info_or_record['key'] if 'key' in info_or_record else Path(info_or_record['cache_entry']).name
-
-def _state_attacks(ds, target, shadows, refs, ref_masks, splits, names, p, cache, device, keys, progress, other=None, others=None):
-    "Features + attacks for one model state (cached by the models' keys and the attack settings): metrics, scores, attack seconds, built here."
-    needs_sens = any(ATTACKS[n].needs_sensitivity for n in names)
-    key = {'models': keys, 'attacks': names, 'm': p['sensitivity_m'], 'eps': p['sensitivity_eps'], 'n_boot': p['n_boot'],
-           'attack_epochs': p['attack_epochs'], 'recipe': p['attack_recipe'], 'check': p['attack_check'], 'seed': p['seed'],
-           'sens': needs_sens, 'eps_delta': 1.0 / len(splits.victim.train), 'version': 4}  # 4: two_release's shared-scale features
-    key |= _set_later(p, ('inference',))  # at its default it stays out, as in cell ids: earlier states stay valid
-    if other is not None: key['other_release'] = other['keys']
-    if others: key['other_releases'] = {n: o['keys'] for n, o in others.items()}
-    built = {}
-    def build(tmp: Path):
-        built['yes'] = True
-        pop = population_indices(splits, cap=2000, seed=p['seed'])
-        kw = dict(with_sensitivity=needs_sens, m=p['sensitivity_m'], eps=p['sensitivity_eps'], seed=p['seed'], device=device, fast=p['inference'] == 'fast',
-                  progress=bool(progress) and not in_test())  # a bar over each model's sensitivity batches (minutes on real data)
-        shadow = shadow_attack_data(shadows, ds, splits, extra_references=refs, population_idx=pop, **kw)
-        v = splits.victim
-        idx = np.concatenate([v.train, v.test])
-        ref_in = victim_ref_in(splits, idx, ref_masks if len(refs) else None)
-        tgt = attack_data_for(target, ds, v.train, v.test, reference_models=list(shadows) + refs, ref_in=ref_in,
-                              population_idx=pop, with_inputs='qmia' in names, **kw)
-        seen = {}
-        def through(o: dict) -> tuple:  # the same records through another release (its own shadows), queried once per state
-            if id(o) not in seen:
-                okw = {**kw, 'with_sensitivity': False}
-                seen[id(o)] = (shadow_attack_data(o['shadows'], ds, splits, extra_references=o['refs'], population_idx=pop, **okw),
-                               attack_data_for(o['target'], ds, v.train, v.test, reference_models=list(o['shadows']) + o['refs'],
-                                               ref_in=ref_in, population_idx=pop, **okw))
-            return seen[id(o)]
-        if other is not None:  # the two-release adversary: shadows as (dense, pruned) pairs
-            s_, t_ = through(other); shadow.with_other(s_); tgt.with_other(t_)
-        if others:  # the multi-release adversary: every other release of the same victim ('dense' is `other` when both run)
-            shadow.with_others({n: through(o)[0] for n, o in others.items()}); tgt.with_others({n: through(o)[1] for n, o in others.items()})
-        res = run_attacks(names, shadow, tgt, seed=p['seed'], device=device, epochs=p['attack_epochs'] or None,
-                          n_boot=p['n_boot'], progress=progress, attack_recipe=p['attack_recipe'], attack_check=p['attack_check'],
-                          epsilon_delta=1.0 / len(splits.victim.train))  # the DP accountant's delta (1/N): the two epsilons compare
-        arrays = {'is_member': tgt.is_member, 'labels': tgt.labels, 'index': idx, 'py': tgt.py}
-        if tgt.sensitivity is not None: arrays['sy'] = tgt.sensitivity[np.arange(len(idx)), tgt.labels]
-        for n, r in res.items():
-            arrays[f'score__{n}'] = r.scores; arrays[f'pred__{n}'] = r.is_member_pred
-        save_arrays(tmp / 'scores.npz', **arrays)
-        save_json(tmp / 'metrics.json', {n: r.metrics for n, r in res.items()})
-        save_json(tmp / 'timing.json', {n: r.seconds for n, r in res.items()})
-    read = lambda e: (load_json(e / 'metrics.json'), load_arrays(e / 'scores.npz'), load_json(e / 'timing.json'))
-    return (*cache.read_or_build('attack_state', key, build, read), bool(built))  # a forged entry heals as every cache entry does
 
 
 # %% ../nbs/10_pipeline.ipynb #b9385d59
@@ -334,7 +357,7 @@ def _cell_data(q: dict):
 
 def reference_count(p: dict) -> int:
     "R: the cell's reference models (only online LiRA uses them)."
-    return p['num_references'] if 'lira_online' in resolve_attacks(p['attacks']) else 0
+    return p['num_references'] if any('online_references' in ATTACKS[n].requires for n in resolve_attacks(p['attacks'])) else 0
 
 def _reference_design(p: dict, sp):
     "The reference models' in-mask and splits of a cell with splits `sp` (none without online LiRA)."
@@ -392,21 +415,35 @@ def _pruned_roles(p: dict) -> list[str]:
     return (['victim'] + ([] if p['dense_shadows'] else [f'shadow{k}' for k in range(p['num_shadows'])])
             + [f'reference{r}' for r in range(reference_count(p))])
 
-def cell_models(params: dict, # a cell's parameters (validated and resolved here)
-               ) -> list[ModelJob]:
-    "The distinct models a cell trains, dense ones first, each pruned one after its dense one."
-    p = resolve_params(params)
+@dataclass(frozen=True)
+class CellPlan:
+    "The models of one cell: the jobs the grid schedules, and which job each model state reads for each role."
+    jobs: tuple  # `ModelJob`s, dense ones first, each pruned one after its dense one
+    states: dict  # state -> role -> job key: the attacked model of that state for each role ('dense', 'pruned', controls)
+    releases: dict  # sparsity -> role -> job key: the other releases of the same victim (`releases`)
+
+def cell_plan(cell: 'dict | ResolvedCell') -> CellPlan:
+    "The distinct models a cell trains and how its states use them: what the grid schedules is exactly what `run_cell` reads."
+    cell = resolve_cell(cell); p = cell.params
     roles = ['victim'] + [f'shadow{k}' for k in range(p['num_shadows'])] + [f'reference{r}' for r in range(reference_count(p))]
     dense = {r: ModelJob(_job_key('dense', r, q := model_params(p, r, 'dense')), 'dense', r, q) for r in roles}
     pruned = {r: ModelJob(_job_key('pruned', r, q := model_params(p, r, 'pruned')), 'pruned', r, q, (dense[r].key,)) for r in _pruned_roles(p)}
-    controls = [ModelJob(_job_key(k, r, q := model_params(p, r, k)), k, r, q, (dense[r].key,) + ((pruned[r].key,) if k == 'control_matched' else ()))
-                for k in CONTROL_STATES[p['control']] for r in _pruned_roles(p)]
-    others = {}  # the other releases: the same models the cells at those sparsities train
+    controls = {k: {r: ModelJob(_job_key(k, r, q := model_params(p, r, k)), k, r, q, (dense[r].key,) + ((pruned[r].key,) if k == 'control_matched' else ()))
+                    for r in _pruned_roles(p)} for k in CONTROL_STATES[p['control']]}
+    releases = {}  # the other releases: the same models the cells at those sparsities train
     for s in release_sparsities(p):
-        for r in _pruned_roles(p):
-            q = model_params(release_params(p, s), r, 'pruned')
-            j = ModelJob(_job_key('pruned', r, q), 'pruned', r, q, (dense[r].key,)); others[j.key] = j
-    return list(dense.values()) + list(pruned.values()) + list(others.values()) + controls
+        releases[s] = {r: ModelJob(_job_key('pruned', r, q := model_params(release_params(p, s), r, 'pruned')), 'pruned', r, q, (dense[r].key,))
+                       for r in _pruned_roles(p)}
+    treated = lambda jobs: {r: (jobs.get(r) or dense[r]).key for r in roles}  # roles without a treated model (dense_shadows) use the dense one
+    others = {j.key: j for rel in releases.values() for j in rel.values()}
+    jobs = list(dense.values()) + list(pruned.values()) + list(others.values()) + [j for c in controls.values() for j in c.values()]
+    return CellPlan(tuple(jobs), {'dense': {r: j.key for r, j in dense.items()}, 'pruned': treated(pruned), **{k: treated(c) for k, c in controls.items()}},
+                    {s: treated(rel) for s, rel in releases.items()})
+
+def cell_models(params: 'dict | ResolvedCell', # a cell (validated and resolved here unless it is a `ResolvedCell`)
+               ) -> list[ModelJob]:
+    "The distinct models a cell trains, dense ones first, each pruned one after its dense one (`cell_plan(...).jobs`)."
+    return list(cell_plan(params).jobs)
 
 def release_params(p: dict, # resolved cell parameters
                    s: float, # the sparsity of one of its other releases
@@ -425,66 +462,81 @@ def model_job_done(job: ModelJob, cache_dir) -> bool:
     cache = ArtifactCache(cache_dir)
     return rec.get('key') == job.key and cache.verify(Path(cache_dir) / rec['kind'] / rec['entry'])
 
+class ModelBuilder:
+    "Builds (or finds in the cache) the models of `ModelJob`s through one set of calls, each once: the grid's model tasks and `run_cell` both use it."
+    def __init__(self, cache: ArtifactCache, device, progress: bool = False):
+        self.cache, self.device, self.progress, self.got, self._data = cache, device, progress, {}, {}
+
+    def data(self, q: dict):
+        "(pool, dense recipe, splits) of model parameters `q`, loaded once."
+        k = tuple(q.get(x) for x in DENSE_MODEL_KEYS)
+        if k not in self._data:
+            ds, cfg = _cell_data(q)
+            self._data[k] = (ds, cfg, get_splits(ds, len(ds), q['seed'], q['num_shadows'], cache=self.cache))  # as dense_models draws them
+        return self._data[k]
+
+    def split(self, q: dict, role: str):
+        "The split `role` trains on (a reference model's from the reference design of `q`)."
+        sp = self.data(q)[2]
+        return _role_split(role, sp, reference_splits(sp, q['num_references'], q['seed'])[1] if role.startswith('reference') else [])
+
+    def dense(self, q: dict, role: str) -> tuple:
+        "(model, record) of the dense model of `role` that a job with parameters `q` starts from."
+        dq = {k: q[k] for k in DENSE_MODEL_KEYS} | ({'num_references': q['num_references']} if role.startswith('reference') else {})
+        key = _job_key('dense', role, dq)
+        if key in self.got: return self.got[key]
+        ds, cfg, _ = self.data(dq)
+        seed_everything(q['seed'])
+        if not role.startswith('reference') and use_fused('auto', q['arch'], self.device, ds.input_shape):
+            # where fused training is on (see 03a_fused), victim and shadows train as one
+            dm = dense_models(ds, q['arch'], q['seed'], q['num_shadows'], cfg, self.cache, device=self.device, progress=self.progress)
+            for r, m in [('victim', dm.victim)] + [(f'shadow{k}', m) for k, m in enumerate(dm.shadows)]:
+                self.got[_job_key('dense', r, {k: q[k] for k in DENSE_MODEL_KEYS})] = (m, dm.records[r])
+        else: self.got[key] = train_cached(**_dense_call(dq, role, ds, self.split(dq, role), cfg, self.cache, self.device, self.progress))
+        return self.got[key]
+
+    def __call__(self, job: ModelJob) -> tuple:
+        "(model, record or info) of `job`, trained into the cache or found there."
+        if job.kind not in MODEL_JOB_KINDS: raise ValueError(f'model job kind must be one of {MODEL_JOB_KINDS}, got {job.kind!r}')
+        if job.key in self.got: return self.got[job.key]
+        q, role = job.params, job.role
+        dense = self.dense(q, role)
+        if job.kind == 'dense': return dense
+        ds, cfg, _ = self.data(q)
+        split = self.split(q, role)
+        seed_everything(q['seed'])
+        if job.kind == 'pruned':
+            out = pruned_model(**_pruned_call(q, role, ds, split, *dense, cfg, self.cache, self.device, self.progress))
+        else:
+            epochs = matched_epochs(self(ModelJob(_job_key('pruned', role, q), 'pruned', role, q))[1]) if job.kind == 'control_matched' else None
+            seed_everything(q['seed'])
+            out = control_model(**_control_call(q, role, ds, split, *dense, cfg, self.cache, self.device, self.progress, epochs))
+        self.got[job.key] = out
+        return out
+
+def _entry(kind: str, record: dict) -> tuple:
+    "(cache kind, entry name) of a built model's record or info."
+    return ('dense_model', record['key']) if kind == 'dense' else ('control_model' if kind.startswith('control') else 'pruned_model', Path(record['cache_entry']).name)
+
 def build_model_job(job: ModelJob, # from `cell_models`
                     cache_dir: str | Path, # the artifact cache the cells use
                     threads: int = 0, # torch CPU threads (0 = torch's default)
                     device: str = 'auto', # where to train
                     progress: bool = False, # progress bars
                    ) -> dict:
-    "Train (or find) exactly the model of `job` in the cache, through the functions and arguments `run_cell` uses."
+    "Train (or find) exactly the model of `job` in the cache, through the `ModelBuilder` that `run_cell` uses."
     if job.kind not in MODEL_JOB_KINDS: raise ValueError(f'model job kind must be one of {MODEL_JOB_KINDS}, got {job.kind!r}')
     t0, old = time.time(), torch.get_num_threads()
     if threads: torch.set_num_threads(threads)
     try:
-        q, role = job.params, job.role
-        seed_everything(q['seed'])
-        dev, cache = get_device(device), ArtifactCache(cache_dir or None)
-        ds, cfg = _cell_data(q)
-        sp = get_splits(ds, len(ds), q['seed'], q['num_shadows'], cache=cache)  # as dense_models draws them
-        ref_splits = reference_splits(sp, q['num_references'], q['seed'])[1] if role.startswith('reference') else []
-        split = _role_split(role, sp, ref_splits)
-        if not role.startswith('reference') and use_fused('auto', q['arch'], dev, ds.input_shape):
-            # where fused training is on (see 03a_fused), victim and shadows train as one, exactly as the cell's dense_models does
-            dm = dense_models(ds, q['arch'], q['seed'], q['num_shadows'], cfg, cache, device=dev, progress=progress)
-            dense, record = (dm.victim, dm.records['victim']) if role == 'victim' else (dm.shadows[int(role[6:])], dm.records[role])
-        else: dense, record = train_cached(**_dense_call(q, role, ds, split, cfg, cache, dev, progress))
-        entry = ('dense_model', record['key'])
-        if job.kind in ('pruned', 'control_matched'):
-            _, info = pruned_model(**_pruned_call(q, role, ds, split, dense, record, cfg, cache, dev, progress))
-            entry = ('pruned_model', Path(info['cache_entry']).name)
-        if job.kind in ('control', 'control_matched'):
-            epochs = matched_epochs(info) if job.kind == 'control_matched' else None
-            _, info = control_model(**_control_call(q, role, ds, split, dense, record, cfg, cache, dev, progress, epochs))
-            entry = ('control_model', Path(info['cache_entry']).name)
+        cache = ArtifactCache(cache_dir or None)
+        _, record = ModelBuilder(cache, get_device(device), progress)(job)
     finally: torch.set_num_threads(old)
+    kind, entry = _entry(job.kind, record)
     use = cache_use(cache.events)
-    out = {'key': job.key, 'kind': job.kind, 'role': role, 'entry': entry[1], 'built': entry[1] in use.get(entry[0], {}).get('built_keys', []),
+    out = {'key': job.key, 'kind': job.kind, 'role': job.role, 'entry': entry, 'built': entry in use.get(kind, {}).get('built_keys', []),
            'seconds': round(time.time() - t0, 3), 'cache_use': use}
-    save_json(model_job_record(job, cache.root), {'key': job.key, 'kind': entry[0], 'entry': entry[1]})
-    return out
-
-def _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress):
-    "Pruned victim (with defense), shadows (adversary's method/sparsity; defense if adaptive), references."
-    models = {'victim': (dense.victim, dense.records['victim'])}
-    models.update({f'shadow{k}': (m, dense.records[f'shadow{k}']) for k, m in enumerate(dense.shadows)})
-    models.update({f'reference{r}': mr for r, mr in enumerate(refs_dense)})
-    out = {}
-    for role in tqdm(_pruned_roles(p), desc='prune + fine-tune', disable=not progress or in_test(), leave=False):
-        model, record = models[role]
-        out[role] = pruned_model(**_pruned_call(model_params(p, role, 'pruned'), role, ds, _role_split(role, dense.splits, ref_splits),
-                                                model, record, cfg, cache, device, progress))
-    return out
-
-def _control_all(p, kind, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress, pruned):
-    "The control models of state `kind` ('control' or 'control_matched') for the roles that have a pruned model."
-    models = {'victim': (dense.victim, dense.records['victim'])}
-    models.update({f'shadow{k}': (m, dense.records[f'shadow{k}']) for k, m in enumerate(dense.shadows)})
-    models.update({f'reference{r}': mr for r, mr in enumerate(refs_dense)})
-    out = {}
-    for role in tqdm(_pruned_roles(p), desc=f'{kind} (fine-tune only)', disable=not progress or in_test(), leave=False):
-        model, record = models[role]
-        out[role] = control_model(**_control_call(model_params(p, role, kind), role, ds, _role_split(role, dense.splits, ref_splits), model, record,
-                                                  cfg, cache, device, progress, matched_epochs(pruned[role][1]) if kind == 'control_matched' else None))
+    save_json(model_job_record(job, cache.root), {'key': job.key, 'kind': kind, 'entry': entry})
     return out
 
 def fit_diagnostics(train_acc: float, # accuracy on the members
@@ -505,90 +557,82 @@ def run_cell(progress: bool = True, # progress bars
              certify: bool = True, # with out_dir: verify the folder and write its completion record (a grid's driver does it instead)
              **params) -> CellResult:
     "Run one grid cell end to end (every stage cached); see CELL_DEFAULTS for the parameters."
-    given = validate_params(params)
-    p = resolve_params(given)
-    _, skipped = effective_attacks(given)
+    cell = resolve_cell(params)
+    p, names = cell.params, list(cell.attacks)
     t0 = time.time()
     if p['threads']: torch.set_num_threads(p['threads'])
     device = get_device(p['device'])
     seed_everything(p['seed'])
     cache = ArtifactCache(p['cache_dir'] or None)
-    ds, cfg = _cell_data(p)
-    names = resolve_attacks(p['attacks'])
-    timings = {}
-    dense = dense_models(ds, p['arch'], p['seed'], p['num_shadows'], cfg, cache, device=device, progress=progress)
-    sp = dense.splits
-    R = reference_count(p)
-    ref_masks, ref_splits = _reference_design(p, sp)
-    refs_dense = [train_cached(**_dense_call(model_params(p, f'reference{r}', 'dense'), f'reference{r}', ds, s, cfg, cache, device, progress))
-                  for r, s in enumerate(ref_splits)]
-    timings['dense'] = time.time() - t0
-    pruned = _prune_all(p, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress)
-    timings['prune'] = time.time() - t0 - timings['dense']
-    pv_info = pruned['victim'][1]
-    controls = {k: _control_all(p, k, ds, dense, refs_dense, ref_splits, cfg, cache, device, progress, pruned) for k in CONTROL_STATES[p['control']]}
-    releases = {s: _prune_all(release_params(p, s), ds, dense, refs_dense, ref_splits, cfg, cache, device, progress) for s in release_sparsities(p)}
-    if controls: timings['control'] = time.time() - t0 - timings['dense'] - timings['prune']
-    K = p['num_shadows']
-    dense_keys = [dense.records['victim']['key']] + [dense.records[f'shadow{k}']['key'] for k in range(K)]
-    def treated(models: dict) -> dict:  # a treated state: its victim, shadows (dense ones if dense_shadows) and references, with their cache keys
-        return dict(target=models['victim'][0], shadows=dense.shadows if p['dense_shadows'] else [models[f'shadow{j}'][0] for j in range(K)],
-                    refs=[models[f'reference{r}'][0] for r in range(R)],
-                    keys=[_key(models['victim'][1])] + (dense_keys[1:] if p['dense_shadows'] else [_key(models[f'shadow{j}'][1]) for j in range(K)])
-                         + [_key(models[f'reference{r}'][1]) for r in range(R)])
-    states = {'dense': dict(target=dense.victim, shadows=dense.shadows, refs=[m for m, _ in refs_dense],
-                            keys=dense_keys + [r['key'] for _, r in refs_dense]),
-              'pruned': treated(pruned),
-              **{k: treated(ctl) for k, ctl in controls.items()}}  # the control arm is attacked as the pruned one: shadows and references of its treatment
-    other_releases = {'dense': states['dense']} | {f'sparsity {s:g}': treated(m) for s, m in releases.items()}
+    plan, build = cell_plan(cell), ModelBuilder(cache, device, progress)
+    timings, kinds = {}, {}
+    for job in tqdm(plan.jobs, desc='models', disable=not progress or in_test(), leave=False):  # exactly the grid's model tasks
+        t1 = time.time(); build(job)
+        kinds[job.kind] = kinds.get(job.kind, 0.0) + time.time() - t1
+    for k, key in (('dense', 'dense'), ('prune', 'pruned')): timings[k] = kinds.get(key, 0.0)
+    if CONTROL_STATES[p['control']]: timings['control'] = kinds.get('control', 0.0) + kinds.get('control_matched', 0.0)
+    ds, cfg, sp = build.data(p)
+    ref_masks, _ = _reference_design(p, sp)
+    jobs = {j.key: j for j in plan.jobs}
+    K, R = p['num_shadows'], reference_count(p)
+    def model_set(by_role: dict) -> ModelSet:  # a state's attacked model, shadows and references, with their cache keys
+        got = {r: build.got[k] for r, k in by_role.items()}
+        roles = ['victim'] + [f'shadow{j}' for j in range(K)] + [f'reference{r}' for r in range(R)]
+        return ModelSet(got['victim'][0], [got[f'shadow{j}'][0] for j in range(K)], [got[f'reference{r}'][0] for r in range(R)],
+                        [_key(got[r][1]) for r in roles])
+    states = {st: model_set(by_role) for st, by_role in plan.states.items()}
+    other_releases = {'dense': states['dense']} | {f'sparsity {s:g}': model_set(by_role) for s, by_role in plan.releases.items()}
     models_use = cache_use(cache.events)  # the models (and splits) this cell trained vs found
-    dr = dense.records['victim']
-    acc = {'dense': fit_diagnostics(accuracy(dense.victim, ds, sp.victim.train), accuracy(dense.victim, ds, sp.victim.test), dr['history'],
-                                    dr['best_epoch'], cfg.epochs, cfg.patience) | {'measured_sparsity': 0.0},
+    info = {st: build.got[by_role['victim']][1] for st, by_role in plan.states.items()}
+    dr, pv_info = info['dense'], info['pruned']
+    acc = {'dense': fit_diagnostics(accuracy(states['dense'].target, ds, sp.victim.train), accuracy(states['dense'].target, ds, sp.victim.test),
+                                    dr['history'], dr['best_epoch'], cfg.epochs, cfg.patience) | {'measured_sparsity': 0.0},
            'pruned': fit_diagnostics(pv_info['train_acc'], pv_info['test_acc'], pv_info['history'], pv_info['best_epoch'],
                                      cfg.epochs if PRUNE_METHODS[p['prune_method']].needs_data else cfg.fine_tune().epochs, cfg.patience)
                      | {'measured_sparsity': pv_info['report']['measured']}}
-    for k, ctl in controls.items():
-        ci = ctl['victim'][1]
+    controls = CONTROL_STATES[p['control']]
+    for k in controls:
+        ci = info[k]
         acc[k] = fit_diagnostics(ci['train_acc'], ci['test_acc'], ci['history'], ci['best_epoch'], ci['epochs_cap'], ci['patience']) \
                  | {'measured_sparsity': ci['measured_sparsity']}
     base = {k: p[k] for k in CELL_DEFAULTS if k not in NON_SEMANTIC}
-    base.update(cell_id=cell_id(p), defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'))
+    base.update(cell_id=cell.id, defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'))
     acc['dense']['epsilon'], acc['pruned']['epsilon'] = float('nan'), pv_info.get('epsilon', float('nan'))  # the DP accountant's
-    for k, ctl in controls.items(): acc[k]['epsilon'] = ctl['victim'][1].get('epsilon', float('nan'))
-    metrics, rows, scores, divergence, attack_states = {}, [], {}, {}, {}
-    for state in cell_states(p):
+    for k in controls: acc[k]['epsilon'] = info[k].get('epsilon', float('nan'))
+    metrics, rows, arrays, divergence, attack_states = {}, [], {}, {}, {}
+    settings = AttackSettings.from_params(p)
+    for state in cell.states:
         s = states[state]
         t1 = time.time()
-        state_names = [n for n in names if not (n == 'two_release' and state == 'dense' or n == 'multi_release' and state != 'pruned')]  # two releases: dense + treated; several: the pruned ones
-        met, arr, att_time, built = _state_attacks(ds, s['target'], s['shadows'], s['refs'], ref_masks, sp, state_names, p, cache, device,
-                                                   s['keys'], progress, other=states['dense'] if state != 'dense' and 'two_release' in names else None,
-                                                   others=other_releases if 'multi_release' in state_names else None)
+        state_names = cell.state_attacks(state)  # two releases: dense + treated; several: the pruned ones
+        res = state_attacks(ds, sp, ref_masks, s, state_names, settings, cache, device, progress,
+                            other=states['dense'] if state != 'dense' else None, others=other_releases if state == 'pruned' else None)
         timings[f'attacks_{state}'] = time.time() - t1
-        if built: timings[f'attacks_{state}_built'] = att_time  # per attack: seconds spent in this cell
-        attack_states[state] = {'cached': not built} | ({} if built else {'seconds_when_built': att_time})  # not work redone here
+        if res.built: timings[f'attacks_{state}_built'] = {n: res.seconds[n] for n in res.built}  # per attack: seconds spent in this cell
+        attack_states[state] = {'cached': not res.built and not res.features_built, 'built': list(res.built)}
         for k, v in acc[state].items(): metrics[f'{state}/{k}'] = v
         for n in state_names:
-            for k, v in met[n].items(): metrics[f'{state}/{n}/{k}'] = v
-            rows.append({**base, 'model_state': state, **acc[state], 'attack': n, **met[n]})
-        for k, v in arr.items(): scores[f'{state}__{k}'] = v
-        divergence[state] = _divergence_summary(arr)
+            for k, v in res.metrics[n].items(): metrics[f'{state}/{n}/{k}'] = v
+            rows.append({**base, 'model_state': state, **acc[state], 'attack': n, **res.metrics[n]})
+        arrays[state] = res.arrays
+        divergence[state] = _divergence_summary(res.arrays.common)
     for k in ('confidence_gap', 'sensitivity_gap'):
         if k in divergence['dense'] and k in divergence['pruned']:
             metrics[f'divergence/{k}_change'] = divergence['pruned'][k] - divergence['dense'][k]
     timings['total'] = time.time() - t0
     prov = {'env': env_info(device), 'data': _data_provenance(ds),
             'split_hashes': {'victim': splits_hash(sp.victim), **{f'shadow{k}': splits_hash(s) for k, s in enumerate(sp.shadows)}},
-            'cache_keys': {st: states[st]['keys'] for st in cell_states(p)}, 'skipped_attacks': skipped, 'timings': timings,
+            'cache_keys': {st: list(states[st].keys) for st in cell.states}, 'skipped_attacks': dict(cell.skipped), 'timings': timings,
             'models': {k: models_use.get(k, {'built': 0, 'found': 0, 'built_keys': [], 'found_keys': [], 'build_seconds': 0.0})
                        for k in ('dense_model', 'pruned_model') + (('control_model',) if controls else ())},
+            'model_jobs': [j.key for j in plan.jobs],  # what this cell read: the grid's plan for it
             'attack_states': attack_states,
             'split_sizes': {'victim': sp.victim.sizes(), 'shadows': [s.sizes() for s in sp.shadows]},
-            'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': base['cell_id'],
-            **{f'{k}_victim': {n: v for n, v in ctl['victim'][1].items() if n not in ('history', 'report')} for k, ctl in controls.items()},
-            'resolved_params': p}
+            'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': cell.id,
+            **{f'{k}_victim': {n: v for n, v in info[k].items() if n not in ('history', 'report')} for k in controls},
+            'resolved_params': dict(p)}
     if plugins := plugin_identity(p): prov['plugins'] = plugins  # each plug-in's spec and source hash
-    result = CellResult(given, metrics, rows, scores, prov, divergence)
+    result = CellResult(dict(cell.given), metrics, rows, arrays, prov, divergence)
     if out_dir:
         write_run(out_dir, result)
         if certify: finish_run(out_dir, result.provenance['cell_id'], notebook=False)
@@ -609,14 +653,7 @@ def _divergence_summary(arr: dict) -> dict:
 
 # %% ../nbs/10_pipeline.ipynb #a3fbcd49
 def write_run(run_dir, result: CellResult) -> Path:
-    "Write the run folder of `result` (removing an old completion record first); `runs.finish_run` certifies it."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RECORD).unlink(missing_ok=True)
-    (run_dir / 'metrics.json').unlink(missing_ok=True)
-    save_json(run_dir / 'params.json', {'params': result.params, 'provenance': result.provenance})
-    save_arrays(run_dir / 'scores.npz', **result.scores)
-    save_json(run_dir / 'rows.json', result.rows)
-    save_json(run_dir / 'divergence.json', result.divergence)
-    save_json(run_dir / 'metrics.json', result.metrics)
-    return run_dir
+    "Write the run folder of `result` through `runs.write_run_folder` (an old completion record goes first); `runs.finish_run` certifies it."
+    return write_run_folder(run_dir, params=result.params, provenance=result.provenance, rows=result.rows, states=result.states,
+                            divergence=result.divergence, metrics=result.metrics)
 

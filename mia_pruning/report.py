@@ -403,28 +403,26 @@ def _gaps(v, m, y):
     return cls, np.array([v[m & (y == c)].mean() - v[~m & (y == c)].mean() if (m & (y == c)).any() and (~m & (y == c)).any()
                           else np.nan for c in cls])
 
-def plot_divergence(run_dir: str | Path, # a run folder holding scores.npz
+def plot_divergence(run_dir: str | Path, # a run folder (its per-sample scores)
                     path: str | Path | None = None, title: str | None = None,
-                    class_labels: list[str] | None = None, # names of the labels (default: from the run's dataset, see `exposure.class_names`)
+                    class_labels: list[str] | None = None, # names of the labels (default: from the run's dataset, see `data.class_names`)
                    ):
     "Member vs non-member p_y (and s_y) histograms, dense vs pruned, and the per-class gaps of one run; the Figure."
     import matplotlib.pyplot as plt, seaborn as sns
-    f = Path(run_dir) / 'scores.npz'
-    if not f.is_file(): raise FileNotFoundError(f'no scores.npz in {str(run_dir)!r}: divergence figures need a complete run folder')
-    from mia_pruning.core import load_arrays
-    a = load_arrays(f)
-    feats = [k for k in ('py', 'sy') if all(f'{st}__{k}' in a for st in ('dense', 'pruned'))]
-    if not feats: raise ValueError(f'{f} has no dense/pruned py arrays (keys: {sorted(a)[:8]}...)')
+    from mia_pruning.runs import read_scores
+    a = read_scores(run_dir, ('dense', 'pruned'), common=('is_member', 'labels'))  # ValueError naming what a divergence figure lacks
+    feats = [k for k in ('py', 'sy') if all(k in a[st].common for st in ('dense', 'pruned'))]
+    if not feats: raise ValueError(f'{run_dir}: its per-sample scores hold no dense/pruned py arrays')
     label = {'py': 'true-class confidence p_y', 'sy': 'sensitivity s_y'}
-    if class_labels is None: class_labels = _run_class_names(run_dir, int(a['dense__labels'].max()) + 1)
+    if class_labels is None: class_labels = _run_class_names(run_dir, int(a['dense'].common['labels'].max()) + 1)
     with sns.axes_style('whitegrid'):
         fig, axes = plt.subplots(len(feats), 3, figsize=(13, 3.3 * len(feats)), squeeze=False)
         for i, k in enumerate(feats):
             gaps = {}
-            vals = np.concatenate([a[f'{st}__{k}'] for st in ('dense', 'pruned')])
+            vals = np.concatenate([a[st].common[k] for st in ('dense', 'pruned')])
             bins = np.linspace(np.nanmin(vals), np.nanmax(vals) + 1e-12, 31)
             for j, st in enumerate(('dense', 'pruned')):
-                v, m, y = a[f'{st}__{k}'], a[f'{st}__is_member'].astype(bool), a[f'{st}__labels']
+                v, m, y = a[st].common[k], a[st].is_member, a[st].common['labels']
                 ax = axes[i][j]
                 for sel, name, c in ((m, 'members', '#c0392b'), (~m, 'non-members', '#2e86c1')):
                     ax.hist(v[sel], bins=bins, alpha=0.55, color=c, label=f'{name} (mean {v[sel].mean():.3f})')
@@ -447,29 +445,26 @@ def plot_divergence(run_dir: str | Path, # a run folder holding scores.npz
     return _save(fig, path)
 
 def _run_class_names(run_dir, n: int) -> list[str]:
-    "The label names of a run folder's dataset (from its params.json), or the label numbers."
-    from mia_pruning.core import load_json
-    from mia_pruning.exposure import class_names
-    try: dataset = load_json(Path(run_dir) / 'params.json')['params'].get('dataset', '')
+    "The label names of a run folder's dataset (from its parameters), or the label numbers."
+    from mia_pruning.data import class_names
+    from mia_pruning.runs import read_params
+    try: dataset = read_params(run_dir)[0].get('dataset', '')
     except Exception: dataset = ''
     return class_names(dataset, n)
 
-def plot_cell_roc(run_dir: str | Path, # a run folder holding scores.npz
+def plot_cell_roc(run_dir: str | Path, # a run folder (its per-sample scores)
                   state: str = 'pruned', # 'dense' or 'pruned'
                   attacks: list[str] | None = None, # which attacks (default: every attack stored for the state)
                   path: str | Path | None = None, title: str | None = None):
     "The ROC curves (log-log, never below each curve's FPR floor) of one run's attacks on one model state; the Figure."
-    from mia_pruning.core import load_arrays
     from mia_pruning.metrics import plot_roc
+    from mia_pruning.runs import read_scores
     if state not in ('dense', 'pruned'): raise ValueError(f"state must be 'dense' or 'pruned', got {state!r}")
-    f = Path(run_dir) / 'scores.npz'
-    if not f.is_file(): raise FileNotFoundError(f'no scores.npz in {str(run_dir)!r}: ROC curves need a complete run folder')
-    a = load_arrays(f)
-    have = [k.split('__score__', 1)[1] for k in a if k.startswith(f'{state}__score__')]
+    a = read_scores(run_dir, (state,))[state]  # ValueError naming what ROC curves lack
+    have = list(a.scores)
     names = attack_order(have if attacks is None else [n for n in attacks if n in have])
-    if not names: raise ValueError(f'{f} holds no {state} scores' + (f' of {attacks}' if attacks else ''))
-    m = a[f'{state}__is_member'].astype(bool)
-    fig = plot_roc({n: (a[f'{state}__score__{n}'], m) for n in names}, title=title or f'{Path(run_dir).name}: {state} victim')
+    if not names: raise ValueError(f'{run_dir} holds no {state} scores' + (f' of {attacks}' if attacks else ''))
+    fig = plot_roc({n: (a.scores[n], a.is_member) for n in names}, title=title or f'{Path(run_dir).name}: {state} victim')
     return _save(fig, path)
 
 # %% ../nbs/12_report.ipynb #94b47562
@@ -572,21 +567,20 @@ def _setting(prm: dict) -> tuple:
     return tuple(bool(prm.get(k)) if k == 'adaptive' else prm.get(k) for k in SETTING_KEYS)
 
 def _scored_runs(grid_dir, # a grid folder holding runs/
-                 key: str, # a key that scores.npz must hold, e.g. 'pruned__score__two_release'
+                 attack: str, # an attack the pruned state must have scores of, e.g. 'two_release'
                 ) -> list[tuple[dict, dict]]:
-    "(params, scores) of every run summary.csv holds whose scores.npz has `key` and whose model states score the same members."
-    from mia_pruning.core import load_arrays, load_json
-    from mia_pruning.runs import summary_runs
+    "(params, states) of every run summary.csv holds whose pruned state has `attack`'s scores and whose dense and pruned states score the same members."
+    from mia_pruning.runs import summary_runs, read_scores, read_params, check_paired
     runs = Path(grid_dir) / 'runs'
     if not runs.is_dir(): raise FileNotFoundError(f'{runs} does not exist: the comparison needs the run folders')
     found = []
     for rd in summary_runs(grid_dir)[0]:  # the runs summary.csv holds, no others
-        try: arr, prm = load_arrays(rd / 'scores.npz'), load_json(rd / 'params.json')['params']
-        except Exception: continue
-        if key not in arr or 'pruned__is_member' not in arr: continue
-        if 'dense__is_member' in arr and not np.array_equal(arr['dense__is_member'], arr['pruned__is_member']): continue
-        found.append((prm, arr))
-    if not found: raise ValueError(f"no run under {runs} stores {key.split('__')[-1]} scores")
+        try:
+            st, prm = read_scores(rd, ('pruned',), attacks=(attack,)), read_params(rd)[0]
+            check_paired({s: st[s] for s in ('dense', 'pruned') if s in st}, rd, base='pruned', mixed=False)
+        except ValueError: continue
+        found.append((prm, st))
+    if not found: raise ValueError(f"no run under {runs} stores {attack} scores")
     return found
 
 def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
@@ -594,15 +588,15 @@ def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores
     "Per setting: two_release vs the strongest single-release attack (on the dense or the pruned victim), paired AUC change, verdict."
     from mia_pruning.evidence import metric_value, pooled_paired_difference, verdict
     groups, best_names = {}, {}
-    for prm, arr in _scored_runs(grid_dir, 'pruned__score__two_release'):
-        m = arr['pruned__is_member'].astype(bool)
-        singles = {f"{k.split('__')[0]}:{k.split('__')[-1]}": v for k, v in arr.items()   # either release alone: 'dense:rmia', 'pruned:loss'
-                   if k.startswith(('pruned__score__', 'dense__score__')) and k.split('__')[-1] not in RELEASE_ATTACKS and np.isfinite(v).all()}
+    for prm, st in _scored_runs(grid_dir, 'two_release'):
+        m = st['pruned'].is_member
+        singles = {f'{s}:{a}': v for s, sa in st.items() if s in ('dense', 'pruned')   # either release alone: 'dense:rmia', 'pruned:loss'
+                   for a, v in sa.scores.items() if a not in RELEASE_ATTACKS and np.isfinite(v).all()}
         if not singles: continue
         auc = {a: metric_value(v, m) for a, v in singles.items()}
         best = max(auc, key=auc.get)
         key = _setting(prm)
-        groups.setdefault(key, []).append((singles[best], arr['pruned__score__two_release'], m))
+        groups.setdefault(key, []).append((singles[best], st['pruned'].scores['two_release'], m))
         best_names.setdefault(key, []).append(best)
     if not groups: raise ValueError(f'no run under {Path(grid_dir) / "runs"} stores a single-release attack beside two_release')
     rows = []
@@ -618,22 +612,25 @@ def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores
 # %% ../nbs/12_report.ipynb #10e13918
 RELEASE_COMPARISONS = (('single', 'two_release'), ('single', 'multi_release'), ('two_release', 'multi_release'))  # (A, B): B - A
 
-def release_table(runs, # a grid folder holding runs/, or a list of (params, scores) pairs with scores.npz's keys
+def release_table(runs, # a grid folder holding runs/, or a list of (params, scores) pairs: scores per state (`runs.read_scores`) or a run folder's flat arrays
                   single: tuple = ('lira_offline', 'rmia'), # single-release attacks on the attacked release (multi_release's inputs)
                   margin: float = 0.02, # the smallest AUC change that matters, both ways (as in mia_pruning.claims)
                   alpha: float = 0.05, # 1 - confidence level
                  ) -> pd.DataFrame:
     "Per setting: best single-release attack vs two releases vs all releases, AUC changes paired per seed (DeLong) and combined over seeds (random effects)."
     from mia_pruning.evidence import metric_value, paired_change, random_effects, verdict_label
-    pairs = _scored_runs(runs, 'pruned__score__multi_release') if isinstance(runs, (str, Path)) else list(runs)
+    from mia_pruning.runs import StateArrays, split_states
+    pairs = _scored_runs(runs, 'multi_release') if isinstance(runs, (str, Path)) else \
+            [(prm, sc if all(isinstance(v, StateArrays) for v in sc.values()) else split_states(sc)) for prm, sc in runs]
     per = {}  # (setting, comparison) -> per-seed paired changes; setting -> best single names
     names = {}
-    for prm, arr in pairs:
-        m = np.asarray(arr['pruned__is_member'], bool)
-        cand = {a: arr[f'pruned__score__{a}'] for a in single if f'pruned__score__{a}' in arr and np.isfinite(arr[f'pruned__score__{a}']).all()}
+    for prm, st in pairs:
+        p = st['pruned']
+        m = p.is_member
+        cand = {a: p.scores[a] for a in single if a in p.scores and np.isfinite(p.scores[a]).all()}
         if not cand: continue
         best = max(cand, key=lambda a: metric_value(cand[a], m))
-        arms = {'single': cand[best], **{a: arr[f'pruned__score__{a}'] for a in RELEASE_ATTACKS if f'pruned__score__{a}' in arr}}
+        arms = {'single': cand[best], **{a: p.scores[a] for a in RELEASE_ATTACKS if a in p.scores}}
         key = _setting(prm) + (prm.get('releases'),)
         names.setdefault(key, set()).add(best)
         for a, b in RELEASE_COMPARISONS:

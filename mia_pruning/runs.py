@@ -6,19 +6,23 @@
 from __future__ import annotations
 import os, json, errno, shutil, hashlib, zipfile, warnings
 from pathlib import Path
+from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
-from .core import atomic_write, save_json, load_json
+from .core import atomic_write, save_json, load_json, save_arrays, load_arrays
 
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder',
-           'plain_file', 'notebook_problem', 'record_problems', 'verify_run', 'finish_run', 'run_problem',
-           'is_complete', 'stage_dir', 'clear_folder', 'swap_in', 'recover_swaps', 'run_params', 'write_bytes',
-           'spec_cells', 'summary_runs', 'collect']
+__all__ = ['PARAMS', 'ROWS', 'SCORES', 'METRICS', 'DIVERGENCE', 'RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'PAIRED',
+           'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder', 'plain_file', 'notebook_problem',
+           'record_problems', 'verify_run', 'finish_run', 'run_problem', 'is_complete', 'score_key', 'StateArrays',
+           'split_states', 'join_states', 'write_run_folder', 'save_scores', 'load_scores', 'read_scores',
+           'check_paired', 'stored_attacks', 'run_params', 'read_params', 'stage_dir', 'clear_folder', 'swap_in',
+           'recover_swaps', 'write_bytes', 'spec_cells', 'summary_runs', 'collect']
 
 # %% ../nbs/10c_runs.ipynb #0984d3ff
-RUN_FILES = ('params.json', 'rows.json', 'scores.npz', 'metrics.json')  # what every run folder holds
+PARAMS, ROWS, SCORES, METRICS, DIVERGENCE = 'params.json', 'rows.json', 'scores.npz', 'metrics.json', 'divergence.json'  # a run folder's files
+RUN_FILES = (PARAMS, ROWS, SCORES, METRICS)  # what every run folder holds
 NOTEBOOK = 'run.ipynb'
 RECORD = 'complete.json'
 STAGING = '.staging'
@@ -72,8 +76,8 @@ def record_problems(run_dir, # a run folder
         except Exception as e: problems.append(f'{name} is not valid JSON ({type(e).__name__})'); return None
         if not isinstance(v, kind): problems.append(f'{name} holds a {type(v).__name__}, expected a {kind.__name__}'); return None
         return v
-    pj, rows = read('params.json', dict), read('rows.json', list)
-    read('metrics.json', dict)
+    pj, rows = read(PARAMS, dict), read(ROWS, list)
+    read(METRICS, dict)
     if pj is not None:
         prov = pj.get('provenance') if isinstance(pj.get('provenance'), dict) else {}
         params = pj.get('params')
@@ -96,9 +100,9 @@ def verify_run(run_dir, # a run folder
     if problems: return problems
     problems += record_problems(run_dir, cell_id)
     try:
-        with zipfile.ZipFile(run_dir / 'scores.npz') as z:
-            if z.testzip() is not None or not z.namelist(): problems.append('scores.npz is damaged or empty')
-    except (zipfile.BadZipFile, OSError) as e: problems.append(f'scores.npz is not a readable archive ({type(e).__name__})')
+        with zipfile.ZipFile(run_dir / SCORES) as z:
+            if z.testzip() is not None or not z.namelist(): problems.append(f'{SCORES} is damaged or empty')
+    except (zipfile.BadZipFile, OSError) as e: problems.append(f'{SCORES} is not a readable archive ({type(e).__name__})')
     if notebook and (p := notebook_problem(run_dir / NOTEBOOK)): problems.append(p)
     return problems
 
@@ -111,7 +115,7 @@ def finish_run(run_dir, # a run folder whose kernel has ended
     (run_dir / RECORD).unlink(missing_ok=True)
     problems = verify_run(run_dir, cell_id, notebook)
     if problems: raise ValueError(f'run folder {run_dir} is not complete: ' + '; '.join(problems))
-    names = list(RUN_FILES) + [n for n in ('divergence.json', NOTEBOOK) if (run_dir / n).is_file()]
+    names = list(RUN_FILES) + [n for n in (DIVERGENCE, NOTEBOOK) if (run_dir / n).is_file()]
     save_json(run_dir / RECORD, {'cell_id': cell_id, 'notebook': notebook, 'files': {n: sha256_file(run_dir / n) for n in names}})
     return run_dir / RECORD
 
@@ -139,6 +143,179 @@ def run_problem(run_dir, # a run folder
 def is_complete(run_dir, cell_id: str | None = None) -> bool:
     "True when `run_dir` holds a complete run (see `run_problem`)."
     return run_problem(run_dir, cell_id) is None
+
+
+# %% ../nbs/10c_runs.ipynb #514508d7
+_SEP = '__'  # joins state, kind and attack in a key of a run folder's scores: 'pruned__score__lira_offline'
+_ATTACK_KINDS = ('score', 'pred')  # per attack: its score (higher = member) and its decision
+PAIRED = ('index', 'is_member', 'labels')  # what the states of one run share: the same records, in one order, with one membership
+
+def score_key(state: str | None, # a model state ('dense', 'pruned', ...); None: the key inside one state's arrays
+              kind: str, # 'score' or 'pred' (with `attack`), else a state's own array ('is_member', 'labels', 'index', 'py', 'sy')
+              attack: str | None = None, # the attack of a score or decision
+             ) -> str:
+    "The key of one array in a run folder's scores: the one place that spells the key format."
+    if (kind in _ATTACK_KINDS) != (attack is not None): raise ValueError(f'kind {kind!r} takes an attack name exactly when it is one of {_ATTACK_KINDS}; got attack={attack!r}')
+    bad = [p for p in (state, kind) if p is not None and (not isinstance(p, str) or not p or _SEP in p)]
+    if bad or (attack is not None and (not isinstance(attack, str) or not attack)): raise ValueError(f'a state, kind or attack is a non-empty name ({_SEP!r} only inside an attack name); got {[state, kind, attack]}')
+    return _SEP.join(p for p in (state, kind, attack) if p is not None)
+
+def _parse_key(key: str, state: bool = True) -> tuple:
+    "(state, kind, attack) of a key (`state` False: a key inside one state's arrays, state None); ValueError for a key of another format."
+    parts = key.split(_SEP, 1) if state else [None, key]
+    if len(parts) != 2 or parts[0] == '' or not parts[1]: raise ValueError(f'{key!r} is not a key of a run folder\'s scores (state{_SEP}name)')
+    st, rest = parts
+    kind, _, attack = rest.partition(_SEP)
+    if kind in _ATTACK_KINDS and attack: return st, kind, attack
+    return st, rest, None
+
+@dataclass
+class StateArrays:
+    "One model state's per-sample arrays as a run folder stores them: the records' own and each attack's score and decision."
+    common: dict  # 'is_member' (bool), 'labels', 'index' (dataset indices), 'py' (true-class probability), 'sy' (with sensitivity)
+    scores: dict  # attack name -> (n,) float64 score, higher = member
+    preds: dict   # attack name -> (n,) bool decision
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, # one state's arrays keyed as inside a state: 'is_member', 'score__<attack>', 'pred__<attack>'
+                   ) -> StateArrays:
+        "Sort one state's flat arrays (as the attack stage caches them) into the three dicts, keeping their order."
+        out = cls({}, {}, {})
+        for k, v in arrays.items():
+            _, kind, attack = _parse_key(k, state=False)
+            if attack is None: out.common[kind] = v
+            else: (out.scores if kind == 'score' else out.preds)[attack] = v
+        return out
+
+    def arrays(self, state: str | None = None, # prefix the keys with this state (None: keys inside one state)
+              ) -> dict:
+        "The flat arrays in the order a run folder stores them: the state's own arrays, then per attack its score and its decision."
+        out = {score_key(state, k): v for k, v in self.common.items()}
+        for a in dict.fromkeys([*self.scores, *self.preds]):
+            if a in self.scores: out[score_key(state, 'score', a)] = self.scores[a]
+            if a in self.preds: out[score_key(state, 'pred', a)] = self.preds[a]
+        return out
+
+    @property
+    def is_member(self) -> np.ndarray:
+        "The membership of the state's records, as booleans."
+        return np.asarray(self.common['is_member']).astype(bool)
+
+def split_states(arrays: dict, # a run folder's flat arrays ('<state>__...' keys)
+                ) -> dict[str, StateArrays]:
+    "One `StateArrays` per model state, in the order the states are stored."
+    by = {}
+    for k, v in arrays.items():
+        st, kind, attack = _parse_key(k)
+        by.setdefault(st, {})[score_key(None, kind, attack)] = v
+    return {st: StateArrays.from_arrays(a) for st, a in by.items()}
+
+def join_states(states: dict[str, StateArrays]) -> dict:
+    "The flat arrays of `states` in the stored order (state by state), as a run folder's scores file holds them."
+    out = {}
+    for st, sa in states.items():
+        if not isinstance(sa, StateArrays): raise TypeError(f'state {st!r} is {type(sa).__name__}; expected a StateArrays')
+        out |= sa.arrays(st)
+    return out
+
+
+# %% ../nbs/10c_runs.ipynb #a23f0002
+def write_run_folder(run_dir, # the run folder (created if needed)
+                     *, params: dict, # the validated cell parameters
+                     provenance: dict, # versions, data, cache keys, timings, ... (the cell id included)
+                     rows: list, # the summary rows of the cell
+                     states: dict[str, StateArrays], # the per-sample arrays of each model state, in the order to store them
+                     divergence: dict, # per state, its divergence numbers
+                     metrics: dict, # the flat metrics record
+                    ) -> Path:
+    "Write a run folder: its completion record and metrics.json removed first, metrics.json written last (`finish_run` certifies it)."
+    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    arrays = join_states(states)  # checked before a file changes
+    (run_dir / RECORD).unlink(missing_ok=True)
+    (run_dir / METRICS).unlink(missing_ok=True)
+    save_json(run_dir / PARAMS, {'params': params, 'provenance': provenance})
+    save_arrays(run_dir / SCORES, **arrays)
+    save_json(run_dir / ROWS, rows)
+    save_json(run_dir / DIVERGENCE, divergence)
+    save_json(run_dir / METRICS, metrics)
+    return run_dir
+
+def save_scores(folder, # a run folder, or another folder of per-sample arrays (an audit's)
+                arrays: dict, # flat arrays (no object dtype)
+               ) -> Path:
+    "Write a folder's per-sample arrays file (atomically)."
+    return save_arrays(Path(folder) / SCORES, **arrays)
+
+def load_scores(folder) -> dict:
+    "A folder's per-sample arrays file as flat arrays; ValueError naming the folder when it is missing or unreadable."
+    f = Path(folder) / SCORES
+    if not f.is_file(): raise ValueError(f'{folder} holds no per-sample scores ({SCORES} is missing)')
+    try: return load_arrays(f)
+    except Exception as e: raise ValueError(f'{folder}: its per-sample scores ({SCORES}) cannot be read ({type(e).__name__}: {e})') from None
+
+def read_scores(run_dir, # a run folder
+                states=None, # the model states it must hold (None: whatever it holds)
+                attacks=(), # attacks each of `states` must have scores of
+                common=('is_member',), # the state's own arrays each of `states` must hold
+               ) -> dict[str, StateArrays]:
+    "Every model state's arrays of a run folder, in stored order; ValueError naming the folder and what is missing."
+    out = split_states(load_scores(run_dir))
+    missing = [score_key(s, k) for s in states or () for k in common if s not in out or k not in out[s].common]
+    missing += [score_key(s, 'score', a) for s in states or () for a in attacks if s not in out or a not in out[s].scores]
+    if missing: raise ValueError(f'{run_dir}: its per-sample scores lack {missing}' + ('' if all(s in out for s in states) else f' (it holds the states {list(out)})'))
+    return out
+
+def check_paired(states: dict[str, StateArrays], # a run's states
+                 where, # the run folder, for messages
+                 base: str = 'dense', # the state the others must match
+                 mixed: bool = True, # require members and non-members
+                ) -> None:
+    "Refuse states that do not score the same records (index), in the same order, with the same labels and membership (ValueError)."
+    if base not in states or 'is_member' not in states[base].common: raise ValueError(f'{where}: no {base} state with membership to pair the others with')
+    b = states[base]
+    n = len(b.common['is_member'])
+    for s, sa in states.items():
+        bad = [k for k, v in sa.arrays().items() if np.shape(v) != (n,)]
+        if bad: raise ValueError(f'{where}: {s} arrays {bad[:5]} do not have the shape ({n},) of the {base} membership')
+    for s, sa in states.items():
+        if s == base: continue
+        d, q = b.common, sa.common
+        if 'index' in d and 'index' in q and not np.array_equal(d['index'], q['index']):
+            k = int(np.flatnonzero(np.asarray(d['index']) != np.asarray(q['index']))[0])
+            raise ValueError(f'{where}: the {base} and {s} states do not score the same victim samples in the same order '
+                             f'(index arrays differ first at position {k}: {d["index"][k]} vs {q["index"][k]})')
+        for k in PAIRED[1:]:
+            if k in d and k in q and not np.array_equal(np.asarray(d[k]), np.asarray(q[k])):
+                raise ValueError(f'{where}: the {base} and {s} states do not score the same victim samples with the same labels and membership ({k} arrays differ)')
+    m = b.is_member
+    if mixed and (m.all() or not m.any()): raise ValueError(f'{where}: needs both members and non-members, got {int(m.sum())} members of {n}')
+
+def stored_attacks(run_dir, # a run folder
+                  ) -> dict[str, list[str]]:
+    "The attacks whose scores a run folder holds, per model state (reads the file's key list only)."
+    import zipfile
+    f = Path(run_dir) / SCORES
+    if not f.is_file(): raise ValueError(f'{run_dir} holds no per-sample scores ({SCORES} is missing)')
+    try:
+        with zipfile.ZipFile(f) as z: keys = [n[:-len('.npy')] for n in z.namelist() if n.endswith('.npy')]
+    except (zipfile.BadZipFile, OSError) as e: raise ValueError(f'{run_dir}: its per-sample scores ({SCORES}) are not a readable archive ({type(e).__name__})') from None
+    out = {}
+    for k in keys:
+        st, kind, attack = _parse_key(k)
+        out.setdefault(st, [])
+        if kind == 'score': out[st].append(attack)
+    return out
+
+def run_params(pj: dict) -> dict:
+    "The cell parameters of a params.json record (old flat records too)."
+    return pj['params'] if isinstance(pj.get('params'), dict) else {k: v for k, v in pj.items() if k != 'provenance'}
+
+def read_params(run_dir) -> tuple[dict, dict]:
+    "(cell parameters, provenance) of a run folder's params.json (old flat records too); ValueError naming the folder when unreadable."
+    try: pj = load_json(Path(run_dir) / PARAMS)
+    except Exception as e: raise ValueError(f'{run_dir}: {PARAMS} cannot be read ({type(e).__name__}: {e})') from None
+    if not isinstance(pj, dict): raise ValueError(f'{run_dir}: {PARAMS} holds a {type(pj).__name__}, expected a mapping')
+    return run_params(pj), pj.get('provenance') if isinstance(pj.get('provenance'), dict) else {}
 
 
 # %% ../nbs/10c_runs.ipynb #ca3c1d68
@@ -191,10 +368,6 @@ SUMMARY_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'measured_spar
 _SORT = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'defense_param', 'adaptive', 'shadow_prune_method',
          'shadow_sparsity', 'dense_shadows', 'num_shadows', 'seed', 'cell_id', 'model_state', 'attack']
 PRIVATE_PARAMS = ('cache_dir', 'data_root', 'device', 'threads', 'out_dir')  # where/how a cell ran: not results
-
-def run_params(pj: dict) -> dict:
-    "The cell parameters of a params.json record (old flat records too)."
-    return pj['params'] if isinstance(pj.get('params'), dict) else {k: v for k, v in pj.items() if k != 'provenance'}
 
 def write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` atomically; an OSError (full disk, read-only folder) names `path` and leaves the old file."

@@ -18,8 +18,7 @@ from .threat import role_seed
 
 # %% auto #0
 __all__ = ['FUSED_KEY', 'TrainConfig', 'default_train_config', 'iterate_batches', 'predict_logits', 'predict_proba', 'accuracy',
-           'TrainResult', 'make_optimizer', 'TrainHooks', 'train_model', 'DenseModels', 'dense_key', 'train_cached',
-           'dense_models']
+           'TrainResult', 'make_optimizer', 'TrainHooks', 'train_model', 'dense_key', 'train_cached']
 
 # %% ../nbs/03_train.ipynb #8e0f436a
 @dataclass(frozen=True)
@@ -220,16 +219,6 @@ def train_model(model: nn.Module, # the model to train (in place)
 
 
 # %% ../nbs/03_train.ipynb #2fb8504a
-@dataclass
-class DenseModels:
-    "The dense victim and shadows of one (dataset, arch, seed), with their splits and training records."
-    dataset: MIADataset
-    splits: Splits
-    arch: str
-    victim: nn.Module
-    shadows: list
-    records: dict  # role -> {'key': cache key hash, 'history': [...], 'best_epoch': int, ...}
-
 FUSED_KEY = 'grouped-v1'  # the `fused` field of the cache key of fused-trained models (absent for sequential ones)
 
 def dense_key(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, role: str, fused: bool = False) -> dict:
@@ -256,36 +245,4 @@ def train_cached(ds: MIADataset, split, arch: str, cfg: TrainConfig, seed: int, 
     model.load_state_dict(load_checkpoint(path / 'model.pt'))
     record = load_json(path / 'record.json') | {'key': path.name}
     return model.to(get_device(device or 'auto')).eval(), record
-
-def dense_models(dataset: str | MIADataset, # dataset name (or a loaded pool)
-                 arch: str, # a key of ARCHS
-                 seed: int = 7, # the global seed (splits and training)
-                 num_shadows: int = 5, # K shadow models
-                 cfg: TrainConfig | None = None, # recipe (default: the study's for the data kind)
-                 cache: ArtifactCache | None = None, root=None, device=None, progress: bool = True,
-                 fused: bool | str = 'auto', # train victim + shadows as one: True, False, or 'auto' (on where faster: see fused.use_fused)
-                ) -> DenseModels:
-    "The dense victim and K shadows of (`dataset`, `arch`, `seed`), trained once and cached."
-    ds = dataset if isinstance(dataset, MIADataset) else load_dataset(dataset, root)
-    build_model(arch, ds.num_classes, ds.input_shape)  # validates arch/shape before any work
-    from mia_pruning.fused import use_fused, train_models_fused  # here: fused imports this module
-    fused = use_fused(fused, arch, device, ds.input_shape)
-    cache = cache if cache is not None else ArtifactCache()
-    cfg = cfg or default_train_config(ds.kind)
-    splits = get_splits(ds, len(ds), seed, num_shadows, cache=cache)
-    roles = [('victim', splits.victim)] + [(f'shadow{k}', s) for k, s in enumerate(splits.shadows)]
-    trained = {}
-    if fused:  # the models not yet in the cache train together, then each is cached as its own entry
-        todo = [(r, s) for r, s in roles if not cache.verify(cache.entry('dense_model', dense_key(ds, s, arch, cfg, role_seed(seed, r), r, True)))]
-        if todo:
-            nets = [build_model(arch, ds.num_classes, ds.input_shape, seed=role_seed(seed, r)) for r, _ in todo]
-            res = train_models_fused(nets, ds, [s for _, s in todo], cfg, [role_seed(seed, r) for r, _ in todo], device=device,
-                                     progress=progress, desc=f'{ds.name}/{arch}/fused x{len(todo)}')
-            trained = {r: x for (r, _), x in zip(todo, res)}
-    models, records = {}, {}
-    for role, split in tqdm(roles, desc='dense models', disable=not progress or in_test() or bool(fused)):
-        models[role], records[role] = train_cached(ds, split, arch, cfg, role_seed(seed, role), role, cache, device, progress,
-                                                   fused=fused, trained=trained.get(role))
-    return DenseModels(ds, splits, arch, models['victim'], [models[f'shadow{k}'] for k in range(num_shadows)], records)
-
 

@@ -72,7 +72,8 @@ def quick_template(path):
         f'p = {{k: globals()[k] for k in {list(CELL_DEFAULTS)!r}}}\n'
         'd = pathlib.Path(out_dir)\n'
         "(d / 'params.json').write_text(json.dumps({'params': p, 'provenance': {'cell_id': d.name}}))\n"
-        "import numpy as np; np.savez(d / 'scores.npz', dense__is_member=np.array([True, False]))\n"
+        "import numpy as np\nfrom mia_pruning.pipeline import cell_attacks\nfrom mia_pruning.runs import save_scores, score_key\n"
+        "save_scores(d, {'dense__is_member': np.array([True, False]), **{score_key(st, 'score', a): np.ones(2) for st, ns in cell_attacks(p).items() for a in ns}})\n"
         "(d / 'rows.json').write_text(json.dumps([dict(p, model_state='dense', attack='conf', attack_acc=0.5)]))\n"
         "(d / 'metrics.json').write_text(json.dumps({'dense/conf/attack_acc': 0.5}))")
     nb.cells = [params, body]

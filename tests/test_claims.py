@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mia_pruning import claims as C
+from mia_pruning.runs import read_scores, save_scores, join_states
 from mia_pruning.evidence import LABELS
 
 SEEDS = (1, 2, 3)
@@ -194,9 +195,9 @@ def test_errors(tmp_path, up):
 def test_mismatched_states_refused(tmp_path):
     g = C.make_synthetic_grid(tmp_path / 'bad', seeds=(1,))
     rd = next((g / 'runs').iterdir())
-    with np.load(rd / 'scores.npz') as z: arr = {k: z[k] for k in z.files}
-    arr['pruned__index'] = arr['pruned__index'][::-1].copy()
-    np.savez(rd / 'scores.npz', **arr)
+    st = read_scores(rd)
+    st['pruned'].common['index'] = st['pruned'].common['index'][::-1].copy()
+    save_scores(rd, join_states(st))
     with pytest.warns(UserWarning, match='left out'), pytest.raises(ValueError, match='usable run folder'):
         C.claim_tables(g)
 
@@ -204,9 +205,9 @@ def test_mismatched_states_refused(tmp_path):
 def test_ppb_cells_must_share_members(tmp_path):
     g = C.make_synthetic_grid(tmp_path / 'split', seeds=(1, 2), ppb=(False,))
     rd = next(p for p in (g / 'runs').iterdir() if '-ppb' in p.name)
-    with np.load(rd / 'scores.npz') as z: arr = {k: z[k] for k in z.files}
-    for s in ('dense', 'pruned'): arr[f'{s}__is_member'] = ~arr[f'{s}__is_member']
-    np.savez(rd / 'scores.npz', **arr)
+    st = read_scores(rd)
+    for s in ('dense', 'pruned'): st[s].common['is_member'] = ~st[s].is_member
+    save_scores(rd, join_states(st))
     with pytest.raises(ValueError, match='same victim members'): C.claim_tables(g)
 
 

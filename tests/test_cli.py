@@ -95,6 +95,35 @@ def test_grid_help_names_every_preset(capsys):
     assert all(name in text for name in PRESETS), [n for n in PRESETS if n not in text]
 
 
+
+def test_help_names_the_commands_that_need_the_dev_extra(capsys):
+    with pytest.raises(SystemExit) as e: cli.main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert 'Commands that need the dev extra (pip install -e ".[dev]" in a clone of the repository): notebooks.' in text
+    assert 'documentation notebooks of a clone in place (mia_pruning.docs; needs the dev extra: pip install -e ".[dev]")' in text
+
+
+@pytest.mark.parametrize('gone', ['execnb', 'nbdev'])
+def test_notebooks_without_the_dev_extra_is_one_line_exit_2(gone, capsys, monkeypatch):
+    "A plain install has neither nbdev nor execnb: the docs executor stops before any work, naming the extra."
+    monkeypatch.setitem(sys.modules, gone, None)  # importing it now fails, as where it is not installed
+    code, out, err = run(['notebooks', 'no_such_notebook'], capsys)  # refused before the names are read: nothing runs
+    assert code == 2 and out == ''
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+    assert 'needs the dev extra' in err and 'missing here: ' in err and gone in err.split('missing here: ')[1]
+    assert err.strip().endswith('install it in the clone: pip install -e ".[dev]"')
+    with pytest.raises(SystemExit) as e: cli.main(['notebooks', '--check', 'no_such_notebook'])  # --check needs no dev extra:
+    err = capsys.readouterr().err                                                                # it gets as far as the names
+    assert e.value.code == 2 and 'dev extra' not in err and 'no_such_notebook' in err
+
+
+def test_notebooks_without_the_dev_extra_exits_2_as_a_process():
+    code = ("import sys; sys.modules['execnb'] = None; from mia_pruning.cli import main; "
+            "sys.exit(main(['notebooks', 'no_such_notebook']))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and 'pip install -e ".[dev]"' in r.stderr and 'Traceback' not in r.stderr
+
 def test_bad_yaml_exits_2(tmp_path, capsys):
     (tmp_path / 'g.yaml').write_text('name: g\naxes:\n  sparsity: [0.5, 2.0]\nfixed: {dataset: digits, arch: mlp}\n')
     code, out, err = run(['grid', str(tmp_path / 'g.yaml')], capsys)

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
-from mia_pruning.core import save_json, save_arrays, load_arrays
-from mia_pruning.runs import finish_run
-from mia_pruning.exposure import (per_sample_scores, exposure, exposure_counts, fpr_threshold, class_names, exposure_table,
+from mia_pruning.core import save_json
+from mia_pruning.runs import finish_run, write_run_folder, StateArrays, read_scores, join_states, save_scores
+from mia_pruning.data import class_names
+from mia_pruning.metrics import membership_metrics
+from mia_pruning.exposure import (per_sample_scores, exposure, exposure_counts, fpr_threshold, exposure_table,
                                   plot_exposure_scatter, plot_score_change, plot_class_exposure, plot_newly_exposed,
                                   plot_exposed_images, most_exposed, write_exposure_report, default_exposure_attacks,
                                   stored_attacks, STATES, SETTING_KEYS)
@@ -25,16 +27,13 @@ def write_run(grid, name, dense, pruned, member, labels=None, index=None, attack
     index = np.arange(n) if index is None else np.asarray(index, np.int64)
     p = dict(dataset='digits', arch='mlp', prune_method='l1_unstructured', sparsity=0.7, defense='none', adaptive=False,
              seed=0, num_shadows=3, cache_dir='/somewhere') | params
-    rd = Path(grid) / 'runs' / name
-    save_json(rd / 'params.json', {'params': p, 'provenance': {'cell_id': name}})
-    arrays = {}
+    states, rows = {}, []
     for s, sc in (('dense', dense), ('pruned', pruned)):
-        arrays |= {f'{s}__is_member': member, f'{s}__labels': labels, f'{s}__index': index, f'{s}__py': np.full(n, 0.5)}
-        for a in attacks:
-            arrays[f'{s}__score__{a}'] = np.asarray(sc, np.float64)
-            arrays[f'{s}__pred__{a}'] = np.asarray(sc) > 1
-    save_arrays(rd / 'scores.npz', **arrays)
-    save_json(rd / 'rows.json', []); save_json(rd / 'metrics.json', {})
+        common = {'is_member': member, 'labels': labels, 'index': index, 'py': np.full(n, 0.5)}
+        score = {a: np.asarray(sc, np.float64) + 0.01 * k * member for k, a in enumerate(attacks)}  # later attacks see members a bit better
+        states[s] = StateArrays(common, score, {a: v > 1 for a, v in score.items()})
+        rows += [{'model_state': s, 'attack': a, 'auc': membership_metrics(v, member)['auc']} for a, v in score.items()]
+    rd = write_run_folder(Path(grid) / 'runs' / name, params=p, provenance={'cell_id': name}, rows=rows, states=states, divergence={}, metrics={})
     finish_run(rd, name, notebook=False)  # certified, as the grid's driver certifies a finished run (exposure reads only those)
     return rd
 
@@ -151,11 +150,12 @@ def test_incomplete_runs_skipped_with_warning(grid):
 
 def test_mismatched_index_refused(tmp_path):
     rd = write_run(tmp_path, 'x', *known_cell(3, 1, 2))
-    z = load_arrays(rd / 'scores.npz'); z['pruned__index'] = z['pruned__index'][::-1].copy()
-    save_arrays(rd / 'scores.npz', **z); finish_run(rd, notebook=False)
+    st = read_scores(rd); d, p = st['dense'].common, st['pruned'].common
+    p['index'] = d['index'][::-1].copy()
+    save_scores(rd, join_states(st)); finish_run(rd, notebook=False)
     with pytest.raises(ValueError, match='same victim samples in the same order'): per_sample_scores(tmp_path, ATTACK)
-    z['pruned__index'] = z['dense__index']; z['pruned__is_member'] = ~z['dense__is_member']
-    save_arrays(rd / 'scores.npz', **z); finish_run(rd, notebook=False)
+    p['index'] = d['index']; p['is_member'] = ~d['is_member']
+    save_scores(rd, join_states(st)); finish_run(rd, notebook=False)
     with pytest.raises(ValueError, match='is_member arrays differ'): per_sample_scores(tmp_path, ATTACK)
 
 
@@ -224,7 +224,7 @@ def test_varying_parameter_splits_settings(tmp_path):
 def test_defaults_and_tables(grid):
     write_run(grid, 'C-s0', *known_cell(2, 0, 0), attacks=(ATTACK, 'loss', 'conf'), sparsity=0.5)
     assert stored_attacks(grid) == ['conf', ATTACK, 'loss']
-    assert default_exposure_attacks(grid)[0] == ATTACK and default_exposure_attacks(grid)[1] in ('conf', 'loss')
+    assert default_exposure_attacks(grid) == [ATTACK, 'conf']  # conf's members score higher than loss's: its AUC is higher
     t = exposure_table(exposure(grid, ATTACK, n_boot=0))
     assert t['newly exposed'].iloc[1].startswith('4.0 [') and t['seeds'].tolist() == [1, 3, 1]
     assert class_names('fashion_mnist')[6] == 'Shirt' and class_names('digits', 10)[3] == '3' and class_names('svhn', 2) == ['0', '1']

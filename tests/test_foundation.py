@@ -9,7 +9,8 @@ import torch
 from mia_pruning.core import ArtifactCache, config_hash, get_device, save_json, seed_everything
 from mia_pruning.data import load_dataset, make_splits
 from mia_pruning.models import ARCHS, build_model
-from mia_pruning.train import TrainConfig, train_model, dense_models, predict_proba, accuracy
+from mia_pruning.train import TrainConfig, train_model, predict_proba, accuracy
+from mia_pruning.fused import dense_models
 
 SHAPES = {'mlp': (1, 8, 8), 'cnn': (1, 28, 28), 'resnet20': (3, 32, 32), 'resnet18': (3, 32, 32),
           'densenet121': (3, 32, 32), 'vgg16_bn': (3, 32, 32), 'column_fc': (600,)}

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from mia_pruning.data import MIADataset
 from mia_pruning.models import build_model
-from mia_pruning.train import TrainConfig, train_model, dense_models, dense_key
+from mia_pruning.train import TrainConfig, train_model, dense_key
+from mia_pruning.fused import dense_models
 from mia_pruning.core import ArtifactCache
 from mia_pruning.fused import train_models_fused, fuse_models, split_state, pack_inputs, unpack_logits, use_fused
 

@@ -16,6 +16,7 @@ from mia_pruning.gridlock import proc_start
 from mia_pruning.runs import is_complete, verify_run, finish_run
 from mia_pruning.core import save_json
 from mia_pruning.pipeline import CELL_DEFAULTS
+from mia_pruning import pipeline as P, runs as R
 
 BASE = {'dataset': 'digits', 'arch': 'mlp'}
 
@@ -38,7 +39,11 @@ if out_dir:
     env = {v: os.environ.get(v) for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
     (d / 'params.json').write_text(json.dumps({'params': params, 'provenance': {'env': env, 'cwd': os.getcwd(), 'cell_id': d.name}}))
     (d / 'rows.json').write_text(json.dumps(rows))
-    import numpy as np; np.savez(d / 'scores.npz', dense__py=np.ones(2))
+    import numpy as np
+    from mia_pruning.pipeline import cell_attacks
+    from mia_pruning.runs import score_key
+    held = {score_key(st, 'score', a): np.ones(2) for st, names in cell_attacks(params).items() for a in names}  # what a real run holds
+    np.savez(d / 'scores.npz', dense__py=np.ones(2), **held)
     (d / '.metrics.tmp').write_text(json.dumps({'pruned/conf/attack_acc': rows[2]['attack_acc']}))
     os.replace(d / '.metrics.tmp', d / 'metrics.json')
 if log:
@@ -267,6 +272,38 @@ def test_resume_failure_and_partial_folders(tmp_path, stub):
     # no resume: everything reruns
     r4 = G.run_grid({**spec, 'axes': {'seed': [7]}}, out_dir=out, template=stub, workers=1, progress=False, resume=False)
     assert r4.ran == [ids[7]] and r4.skipped == []
+
+
+@pytest.mark.skipif(not hasattr(R, 'stored_attacks'), reason='runs.stored_attacks is not there yet')
+def test_resume_recomputes_a_complete_run_that_lacks_an_attack_its_cell_runs_now(tmp_path, stub, monkeypatch, capsys):
+    "A cell with attacks='all' keeps its id when the registry gains an attack: its complete run lacks that attack's scores."
+    out, log = tmp_path / 'out', tmp_path / 'log.txt'
+    spec = {'name': 'g', 'fixed': BASE, 'axes': {'seed': [7, 21]}}
+    ids = {c.params['seed']: c.id for c in G.expand_cells(spec)}
+    assert G.run_grid(spec, out_dir=out, template=stub, workers=1, progress=False).ok
+    held = R.stored_attacks(out / 'runs' / ids[7])  # the stub stores a score for each attack its cell runs
+    assert held == P.cell_attacks(ids and G.expand_cells(spec)[0].params)
+    # seed 7 now runs an attack its run does not hold (as if the registry had gained it); seed 21 runs only what it holds
+    monkeypatch.setattr(P, 'cell_attacks', lambda p: {**held, 'dense': held['dense'] + ['newcomer']} if p['seed'] == 7 else held)
+    capsys.readouterr()
+
+    # its replacement fails: the complete run stays (recomputed in a staging folder, as without resume)
+    before = (out / 'runs' / ids[7] / 'metrics.json').read_bytes()
+    r = G.run_grid(spec, out_dir=out, template=stub_template(tmp_path / 'fail7.ipynb', fail_seed=7), workers=1, progress=False)
+    assert list(r.failed) == [ids[7]] and r.skipped == [ids[21]] and r.ran == []
+    note = capsys.readouterr().out
+    assert f'1 complete run(s) lack attacks' in note and f'{ids[7]} lacks dense/newcomer' in note
+    assert is_complete(out / 'runs' / ids[7], ids[7]) and (out / 'runs' / ids[7] / 'metrics.json').read_bytes() == before
+    assert json.loads((out / 'grid.json').read_text())['cells'][ids[7]] == 'complete (previous run kept)'
+
+    # a replacement that completes is swapped in; the cell that holds every attack it runs is kept
+    n = len(read_log(log))
+    r = G.run_grid(spec, out_dir=out, template=stub, workers=1, progress=False)
+    assert r.ok and r.ran == [ids[7]] and r.skipped == [ids[21]]
+    assert [l[1] for l in read_log(log)[n:] if l[0] == 'start'] == [ids[7]]
+    monkeypatch.setattr(P, 'cell_attacks', lambda p: held)
+    r = G.run_grid(spec, out_dir=out, template=stub, workers=1, progress=False)
+    assert r.ran == [] and sorted(r.skipped) == sorted(ids.values())
 
 
 def test_string_parameters_travel_as_data(tmp_path, stub):

@@ -36,13 +36,13 @@ from mia_pruning.attacks import run_attacks, synthetic_attack_data
 from mia_pruning.metrics import membership_metrics
 from mia_pruning.defenses import make_defense
 from mia_pruning.report import make_report
-from mia_pruning.train import dense_models
+from mia_pruning.fused import dense_models
 
 # the tiny cell every test here runs (digits, mlp, a few epochs, threshold attacks only)
 # (one torch thread everywhere, so that runs in different processes compare exactly on any machine)
 TINY = dict(dataset='digits', arch='mlp', epochs=2, num_shadows=2, attacks='gap,conf,loss', num_references=0, n_boot=0,
             attack_epochs=1, sparsity=0.5, threads=1)
-KINDS = ('splits', 'dense_model', 'pruned_model', 'attack_state')
+KINDS = ('splits', 'dense_model', 'pruned_model', 'state_features', 'state_attack')  # TINY's attacks read no sensitivity
 
 
 # ================================================================ helpers
@@ -425,7 +425,7 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, r
         os.kill(proc.pid, signal.SIGKILL); proc.wait()
     assert proc.returncode == -signal.SIGKILL
     first = entries(cache)
-    assert 1 <= len(first['dense_model']) < 1 + TINY['num_shadows'] and first['attack_state'] == [], first
+    assert 1 <= len(first['dense_model']) < 1 + TINY['num_shadows'] and first['state_attack'] == [], first
     assert [p for p in dense.iterdir() if p.name.endswith('.tmp')], 'the kill did not land inside a dense build'
     kept = {n: _sha(dense / n / 'model.pt') for n in first['dense_model']}
 
@@ -445,7 +445,7 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path, r
         assert _sha(dense / n / 'model.pt') == _sha(ref_cache / 'dense_model' / n / 'model.pt')
 
 
-MAIN_FILE = {'splits': 'data.npz', 'dense_model': 'model.pt', 'pruned_model': 'model.pt', 'attack_state': 'scores.npz'}
+MAIN_FILE = {'splits': 'data.npz', 'dense_model': 'model.pt', 'pruned_model': 'model.pt', 'state_features': 'features.npz', 'state_attack': 'scores.npz'}
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -519,8 +519,8 @@ def test_error_while_writing_a_run_folder_leaves_no_metrics(fail, previous, tmp_
     if previous:
         P.write_run(run, res)
         assert RUNS.verify_run(run, res.provenance['cell_id'], notebook=False) == []
-    if fail == 'scores.npz': monkeypatch.setattr(P, 'save_arrays', _boom(fail, P.save_arrays))
-    else: monkeypatch.setattr(P, 'save_json', _boom(fail, P.save_json))
+    if fail == 'scores.npz': monkeypatch.setattr(RUNS, 'save_arrays', _boom(fail, RUNS.save_arrays))
+    else: monkeypatch.setattr(RUNS, 'save_json', _boom(fail, RUNS.save_json))
     with pytest.raises(OSError, match='No space left'):
         P.write_run(run, res)
     assert not (run / 'metrics.json').exists() and 'metrics.json is missing' in RUNS.verify_run(run, notebook=False)
@@ -533,7 +533,7 @@ def test_error_while_writing_a_run_folder_leaves_no_metrics(fail, previous, tmp_
 
 def test_unserialisable_metric_fails_without_a_partial_metrics_file(tmp_path, reference):
     res = reference[0]
-    bad = P.CellResult(res.params, {**res.metrics, 'oops': object()}, res.rows, res.scores, res.provenance, res.divergence)
+    bad = P.CellResult(res.params, {**res.metrics, 'oops': object()}, res.rows, res.states, res.provenance, res.divergence)
     with pytest.raises(TypeError, match='not JSON serialisable'):
         P.write_run(tmp_path / 'run', bad)
     assert not (tmp_path / 'run' / 'metrics.json').exists()
