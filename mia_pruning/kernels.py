@@ -4,7 +4,7 @@
 
 # %% ../nbs/10f_kernels.ipynb #87aecfb8
 from __future__ import annotations
-import os, sys, json, time, signal, socket, threading, subprocess, uuid, hashlib, shutil, asyncio, tempfile
+import os, sys, json, time, errno, signal, socket, threading, subprocess, uuid, hashlib, shutil, asyncio, tempfile
 from pathlib import Path
 
 # %% auto #0
@@ -83,8 +83,11 @@ def _kernel_child(argv: list[str], env: dict, cwd: str, fds: list[int], server_p
         app.initialize(list(argv)); app.start()  # what IPKernelApp.launch_instance does
         code = 0
     except SystemExit as e: code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        import traceback; traceback.print_exc()
+    except BaseException as e:
+        # a port taken between the driver's pick and this bind (another kernel's race): the driver sees a kernel that died
+        # before its first reply and starts it again (runner.KERNEL_START_TRIES), so this start leaves no traceback behind
+        if not (getattr(e, 'errno', None) == errno.EADDRINUSE or 'Address already in use' in str(e)):
+            import traceback; traceback.print_exc()
     finally:
         for f in (sys.stdout, sys.stderr):
             try: f.flush()
