@@ -789,19 +789,21 @@ def _check_learned(name, shadow, target, opts):
     for k, lo in (('lr', 0), ('batch_size', 1)):
         if k in opts and not opts[k] > lo: raise ValueError(f'{name} option {k} must be > {lo}, got {opts[k]}')
 
-def _check_lira(name, shadow, target, opts):
-    online = ATTACKS[name].kind == 'reference' and 'online_references' in ATTACKS[name].requires
-    if not opts.get('min_std', 1e-6) > 0: raise ValueError(f"{name} option min_std must be positive, got {opts['min_std']}")
-    if target.ref_lsc is None:
-        raise ValueError(f'{name} needs reference-model statistics on the target (ref_lsc, ref_in); 0 reference models were given')
-    fv = opts.get('fix_variance')
-    fix = target.num_refs < 64 if fv is None else bool(fv)
-    ok, rule = lira_valid(target.ref_in, online, fix)
-    if not ok.all():
-        n_in, n_out = target.ref_in.sum(1), (~target.ref_in).sum(1)
-        raise ValueError(f'{name} needs {rule}; {target.num_refs} reference models were given and {int((~ok).sum())} of '
-                         f'{len(target)} target samples fall short (IN per sample: {n_in.min()}-{n_in.max()}, '
-                         f'OUT: {n_out.min()}-{n_out.max()})')
+def _check_lira(online: bool):
+    "The check of LiRA's online (`online=True`) or offline entry."
+    def check(name, shadow, target, opts):
+        if not opts.get('min_std', 1e-6) > 0: raise ValueError(f"{name} option min_std must be positive, got {opts['min_std']}")
+        if target.ref_lsc is None:
+            raise ValueError(f'{name} needs reference-model statistics on the target (ref_lsc, ref_in); 0 reference models were given')
+        fv = opts.get('fix_variance')
+        fix = target.num_refs < 64 if fv is None else bool(fv)
+        ok, rule = lira_valid(target.ref_in, online, fix)
+        if not ok.all():
+            n_in, n_out = target.ref_in.sum(1), (~target.ref_in).sum(1)
+            raise ValueError(f'{name} needs {rule}; {target.num_refs} reference models were given and {int((~ok).sum())} of '
+                             f'{len(target)} target samples fall short (IN per sample: {n_in.min()}-{n_in.max()}, '
+                             f'OUT: {n_out.min()}-{n_out.max()})')
+    return check
 
 def _check_rmia(name, shadow, target, opts):
     if not 0 <= opts.get('a', 0.3) <= 1: raise ValueError(f"{name} option a must lie in [0, 1], got {opts['a']}")
@@ -882,9 +884,9 @@ ATTACKS = Registry('attack', {a.name: a for a in [
             signals=('sensitivity',), **_LEARNED),
     _attack('loss', _threshold_attack(loss_value, False), 'threshold', 'Yeom et al. 2018', **_THRESHOLD),
     _attack('lira_offline', _lira(False), 'reference', 'Carlini et al. 2022', signals=('references',), requires=('out_references',),
-            check=_check_lira, **_REFERENCE),
+            check=_check_lira(False), **_REFERENCE),
     _attack('lira_online', _lira(True), 'reference', 'Carlini et al. 2022', signals=('references',), requires=('online_references',),
-            check=_check_lira, **_REFERENCE),
+            check=_check_lira(True), **_REFERENCE),
     _attack('rmia', _rmia, 'reference', 'Zarifzadeh et al. 2024', signals=('references', 'population'), check=_check_rmia, **_REFERENCE),
     _attack('qmia', _qmia, 'quantile', 'Bertran et al. 2023', signals=('population', 'inputs'), check=_check_qmia),
     _attack('two_release', _two_release, 'two_release', 'CompLeak-style two-release adversary (this package)',

@@ -23,12 +23,12 @@ from .benchkit import (sync, time_runs, time_pair, median, fixed_threads, defaul
                                  count_flops, per_sample_flops, matmul_peak, flop_rate)
 
 # %% auto #0
-__all__ = ['PEAK_CASES', 'GPU_CHECK_TOL', 'BENCHMARKS', 'SUITES', 'bare_train', 'bench_train_loop', 'threshold_values',
-           'bench_threshold', 'bench_sensitivity', 'grid_bench_spec', 'bench_grid_scaling', 'peak_rss_of',
-           'memory_cell_params', 'bench_memory', 'bench_gpu', 'cell_cost_params', 'bench_cell_cost',
+__all__ = ['PEAK_CASES', 'GPU_CHECK_TOL', 'REFERENCE_PEAK_GFLOPS', 'BENCHMARKS', 'SUITES', 'bare_train', 'bench_train_loop',
+           'threshold_values', 'bench_threshold', 'bench_sensitivity', 'grid_bench_spec', 'bench_grid_scaling',
+           'peak_rss_of', 'memory_cell_params', 'bench_memory', 'bench_gpu', 'cell_cost_params', 'bench_cell_cost',
            'bench_malloc_trim', 'bench_peak', 'gpu_check_params', 'compare_metrics', 'feature_check', 'bench_gpu_check',
            'attack_step_profile', 'bench_attack_training', 'bench_fused', 'bench_fused_gpu', 'scheduling_bench_spec',
-           'bench_scheduling', 'select_benchmarks', 'main']
+           'bench_scheduling', 'quick_wall_figures', 'bench_quick_wall', 'select_benchmarks', 'main']
 
 # %% ../nbs/13_bench.ipynb #db03106b
 def bare_train(model: torch.nn.Module, # a fresh model
@@ -989,6 +989,75 @@ def bench_scheduling(smoke: bool = False, # tiny cells instead of the quick grid
     write_record(out, rec)
     return rec
 
+# %% ../nbs/13_bench.ipynb #2e1b7ab3
+REFERENCE_PEAK_GFLOPS = 177.0  # the 1-thread fp32 matmul peak of the host the quick grid's 3-minute target was set on (issue 25)
+
+def _grid_command(args: list[str]) -> list[str]:
+    "`mia-pruning ARGS` as the README runs it: the console script beside this interpreter, else the same entry point through it."
+    script = Path(sys.executable).parent / 'mia-pruning'
+    return [str(script), *args] if script.is_file() else [sys.executable, '-c', 'import sys; from mia_pruning.cli import main; sys.exit(main(sys.argv[1:]))', *args]
+
+def quick_wall_figures(raw: dict, # `bench_quick_wall`'s raw record: the peaks before and after, and each run's seconds
+                       smoke: bool = False) -> list:
+    "The figures of a quick-wall record: the wall against 180 s, the wall scaled to the target host's peak, and split vs refit."
+    cores = max(raw['peak_before'], key=int)
+    p1 = max(raw['peak_before']['1'], raw['peak_after']['1'])  # the higher peak: the scaled wall errs on the long side
+    pc = max(raw['peak_before'][cores], raw['peak_after'][cores])
+    r = raw['runs']['readme']; wall = r['seconds']
+    figs = [Figure('quick grid wall from empty cache (README command)', wall, 's', 180, '<=', absolute=True, smoke=smoke,
+                   detail=f"{cores} cores, load average {r['load_avg_start']} at the start; fp32 matmul peak {p1:.0f} GFLOP/s on 1 thread, "
+                          f"{pc:.0f} on {cores} (the higher of before/after: {raw['peak_before']['1']:.0f}/{raw['peak_after']['1']:.0f} and "
+                          f"{raw['peak_before'][cores]:.0f}/{raw['peak_after'][cores]:.0f})"),
+            Figure('quick grid wall scaled to the target host', wall * p1 / REFERENCE_PEAK_GFLOPS, 's', 180, '<=', absolute=True, smoke=smoke,
+                   detail=f'{wall:.0f} s x {p1:.0f} / {REFERENCE_PEAK_GFLOPS:g} GFLOP/s (an estimate: assumes every stage scales with the matmul peak)')]
+    if 'refit' in raw['runs']:
+        figs.append(Figure("quick grid wall, attack_check 'split' vs 'refit'", wall / raw['runs']['refit']['seconds'], "of the 'refit' wall", 1.0, '<=',
+                           detail=f"{wall:.0f} s vs {raw['runs']['refit']['seconds']:.0f} s, each from an empty cache", smoke=smoke))
+    return figs
+
+def bench_quick_wall(smoke: bool = False, # the smoke preset instead of the quick one (seconds), no verdict
+                     out: str | Path | None = None, # folder of the JSON record (None: not written)
+                     threads: int | None = None, # unused: the grid picks its own workers and threads, as the README command does
+                     device: str = 'cpu', # unused: the grid's cells pick their device
+                     compare: bool = True, # also run the quick grid with attack_check='refit' (its recipe before), side by side
+                     workdir: str | Path | None = None, # where the temporary grids go (default: a temp dir, removed)
+                    ) -> dict:
+    "Wall of the README's quick-grid command from an empty cache, with the fp32 matmul peak measured before and after it."
+    import yaml
+    from mia_pruning.grid import as_spec
+    t0, load0 = time.time(), load_average()
+    root = Path(tempfile.mkdtemp(prefix='mia-bench-quick-', dir=workdir))
+    preset = 'smoke' if smoke else 'quick'
+    cores = os.cpu_count() or 1
+    peak = lambda: {'1': matmul_peak(threads=1, repeats=3 if smoke else 5)['gflops'], str(cores): matmul_peak(threads=cores, repeats=3 if smoke else 5)['gflops']}
+    raw = {'preset': preset, 'peak_before': peak(), 'runs': {}}
+    def one(label, spec_arg):
+        env = {**os.environ, 'MIA_PRUNING_CACHE': str(root / f'cache_{label}')}
+        load = load_average(); t = time.perf_counter()
+        done = subprocess.run(_grid_command(['grid', spec_arg, '--out', str(root / label)]), env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if done.returncode: raise RuntimeError(f'quick_wall run {label!r} exited {done.returncode}: {done.stderr[-2000:]}')
+        g = load_json(root / label / 'grid.json')
+        raw['runs'][label] = {'seconds': wall, 'grid_seconds': g['seconds'], 'stages': g['stages'], 'load_avg_start': load, 'load_avg_end': load_average()}
+        print(f'# quick_wall {label}: {wall:.1f} s', flush=True)
+        return wall
+    try:
+        wall = one('readme', '--preset=' + preset)
+        if compare and not smoke:
+            spec = as_spec('quick').to_dict(); spec['fixed'] = {**spec['fixed'], 'attack_check': 'refit'}; spec['name'] = 'quick_refit'
+            (root / 'quick_refit.yaml').write_text(yaml.safe_dump(spec))
+            one('refit', str(root / 'quick_refit.yaml'))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    raw['peak_after'] = peak()
+    figs = quick_wall_figures(raw, smoke)
+    for f in figs: print(f.line(), flush=True)
+    rec = bench_record('quick_wall', figs, raw, smoke, t0, load0, 0, 'cpu',
+                       notes='Wall seconds of `mia-pruning grid --preset quick` (its own empty cache and output folder, the workers and '
+                             'threads it picks), the fp32 matmul peak (1024x1024, best of rounds) measured before and after.')
+    write_record(out, rec)
+    return rec
+
 # %% ../nbs/13_bench.ipynb #81ca58a8
 BENCHMARKS = {
     'train_loop': ('cpu', bench_train_loop),
@@ -1000,6 +1069,7 @@ BENCHMARKS = {
     'malloc_trim': ('cpu', bench_malloc_trim),
     'scheduling': ('cpu', bench_scheduling),
     'grid_scaling': ('cpu', bench_grid_scaling),
+    'quick_wall': ('cpu', bench_quick_wall),
     'memory': ('cpu', bench_memory),
     'gpu': ('gpu', bench_gpu),
     'fused_gpu': ('gpu', bench_fused_gpu),

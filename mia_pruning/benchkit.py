@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
-from .core import get_device, in_test, env_info, save_json, load_json, default_out_dir
+from .core import get_device, in_test, env_info, save_json, load_json, default_out_dir, project_root
 from .data import MIADataset
 
 # %% auto #0
 __all__ = ['sync', 'time_runs', 'time_pair', 'median', 'fixed_threads', 'default_threads', 'Figure', 'load_average',
-           'bench_record', 'write_record', 'record_lines', 'synthetic_images', 'count_flops', 'per_sample_flops',
-           'matmul_peak', 'flop_rate']
+           'portable_arg', 'bench_record', 'write_record', 'record_lines', 'synthetic_images', 'count_flops',
+           'per_sample_flops', 'matmul_peak', 'flop_rate']
 
 # %% ../nbs/13a_benchkit.ipynb #81e55bf7
 def sync(device) -> None:
@@ -109,6 +109,14 @@ def load_average() -> list[float] | None:
     try: return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError): return None
 
+def portable_arg(a: str) -> str:
+    "A command-line argument as a record keeps it: an absolute path inside the project relative to its root, one elsewhere as .../its name."
+    k, eq, v = a.partition('=') if a.startswith('--') else ('', '', a)
+    if not v.startswith('/'): return a
+    p, root = Path(v), project_root()
+    rel = p.relative_to(root).as_posix() if root and p.is_relative_to(root) else '.../' + p.name
+    return f'{k}{eq}{rel}'
+
 def bench_record(name: str, # benchmark name
                  figures: list[Figure], # its figures
                  raw: dict, # every raw timing and size
@@ -123,7 +131,7 @@ def bench_record(name: str, # benchmark name
     return {'name': name, 'smoke': bool(smoke), 'figures': [f.record() for f in figures], 'raw': raw, 'notes': notes,
             'env': env_info(device), 'torch_threads': threads, 'load_avg_start': load_start, 'load_avg_end': load_average(),
             'started': datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds'),
-            'seconds': time.time() - started, 'command': ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+            'seconds': time.time() - started, 'command': ' '.join([Path(sys.argv[0]).name, *map(portable_arg, sys.argv[1:])])}
 
 def write_record(out_dir: str | Path | None, record: dict) -> Path | None:
     "Atomically write `record` to `out_dir/<name>.json` (None: write nothing)."

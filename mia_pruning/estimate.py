@@ -12,10 +12,9 @@ import torch
 from .core import default_cache_dir, default_out_dir, save_json, load_json, config_hash, in_test
 
 # %% auto #0
-__all__ = ['ESTIMATE_VERSION', 'DATASET_SIZES', 'SIZES', 'EARLY_STOP_EPOCHS', 'CELL_FIXED_S', 'QUIET_QUICK_S', 'machine_key',
-           'calibration_file', 'pool_size', 'split_sizes', 'calibrate', 'Plan', 'plan_grid', 'unit_keys',
-           'state_seconds', 'model_seconds', 'simulate', 'Estimate', 'estimate_grid', 'describe_plan',
-           'estimate_record']
+__all__ = ['ESTIMATE_VERSION', 'DATASET_SIZES', 'SIZES', 'EARLY_STOP_EPOCHS', 'CELL_FIXED_S', 'machine_key', 'calibration_file',
+           'pool_size', 'split_sizes', 'calibrate', 'Plan', 'plan_grid', 'unit_keys', 'state_seconds', 'model_seconds',
+           'simulate', 'Estimate', 'estimate_grid', 'describe_plan', 'estimate_record']
 
 # %% ../nbs/11b_estimate.ipynb #cee09932
 ESTIMATE_VERSION = 1  # bump when what a unit measures changes: older calibrations are then ignored
@@ -203,6 +202,7 @@ class Plan:
     skipped: int  # cells already complete in the output folder
     models: dict  # job key -> ModelJob of every distinct model the cells need
     cached: set  # job keys already trained in the cache
+    cached_fits: dict  # cell id -> state -> the attacks whose results the cache already holds
     workers: int
     threads: int
     cache_dir: str
@@ -216,16 +216,29 @@ class Plan:
             c['models'] += 1; c['cached'] += j.key in self.cached
         return out
 
+    def state_fits(self):
+        "(cell id, resolved params, state, attacks to fit) of each attack state the grid computes: a dense state its cells share once, cached results left out."
+        from mia_pruning.pipeline import cell_models, cell_states, attacks_of_state
+        seen = set()
+        for cid, p in self.cells:
+            for state in cell_states(p):
+                if state == 'dense':  # one dense state serves every cell with the same dense models and attack settings
+                    k = (tuple(j.key for j in cell_models(p) if j.kind == 'dense'), tuple(attacks_of_state(p['attacks'].split(','), state)),
+                         *(p[x] for x in ('sensitivity_m', 'sensitivity_eps', 'n_boot', 'attack_epochs', 'attack_recipe', 'attack_check',
+                                          'attack_stop', 'seed', 'inference')))
+                    if k in seen: continue
+                    seen.add(k)
+                done = self.cached_fits.get(cid, {}).get(state, set())
+                yield cid, p, state, [n for n in attacks_of_state(p['attacks'].split(','), state) if n not in done]
+
     def attack_fits(self) -> dict:
-        "Attack fits of the cells to run: per state and attack kind, learned attacks apart (each trains a network)."
+        "Attack fits the grid will compute (results already cached left out): per attack kind, learned attacks apart (each trains a network)."
         from mia_pruning.attacks import ATTACKS
-        from mia_pruning.pipeline import cell_states, attacks_of_state
         fits = {'total': 0, 'learned': 0, 'other': 0, 'by_attack': {}}
-        for _, p in self.cells:
-            for state in cell_states(p):  # the control arm's states are attacked as the pruned one
-                for n in attacks_of_state(p['attacks'].split(','), state):
-                    fits['total'] += 1; fits['learned' if ATTACKS[n].kind == 'learned' else 'other'] += 1
-                    fits['by_attack'][n] = fits['by_attack'].get(n, 0) + 1
+        for _, _, _, names in self.state_fits():
+            for n in names:
+                fits['total'] += 1; fits['learned' if ATTACKS[n].kind == 'learned' else 'other'] += 1
+                fits['by_attack'][n] = fits['by_attack'].get(n, 0) + 1
         return fits
 
 def plan_grid(spec, # preset name, YAML path, dict or GridSpec
@@ -240,13 +253,13 @@ def plan_grid(spec, # preset name, YAML path, dict or GridSpec
     from mia_pruning.gridspec import as_spec, expand_cells, MAX_CELLS
     from mia_pruning.runs import is_complete
     from mia_pruning.grid import default_threads
-    from mia_pruning.pipeline import cell_models, model_job_done
+    from mia_pruning.pipeline import cell_models, model_job_done, cached_cell_attacks
     spec = as_spec(spec)
     cells = expand_cells(spec, MAX_CELLS if max_cells is None else max_cells)
     runs = Path(out_dir if out_dir is not None else default_out_dir() / spec.name) / 'runs'
     todo = [c for c in cells if not (resume and is_complete(runs / c.id, c.id))]
     cache = str(Path(cache_dir or default_cache_dir()).resolve())
-    models, cached, out = {}, set(), []
+    models, cached, out, fits = {}, set(), [], {}
     for c in todo:
         rc = c.resolved.with_runtime(cache_dir=c.params.get('cache_dir') or cache)
         p = rc.params
@@ -255,8 +268,10 @@ def plan_grid(spec, # preset name, YAML path, dict or GridSpec
             if job.key in models: continue
             models[job.key] = job
             if model_job_done(job, p['cache_dir']): cached.add(job.key)
+        members = split_sizes(pool_size(p['dataset'], p['subsample'], p['data_root']), p['seed'], p['num_shadows'])['victim']['train']
+        fits[c.id] = cached_cell_attacks(rc, p['cache_dir'], members)
     n_workers = workers or min(max(len(todo), 2), default_threads(1), 4)
-    return Plan(spec.name, out, len(cells) - len(todo), models, cached, n_workers,
+    return Plan(spec.name, out, len(cells) - len(todo), models, cached, fits, n_workers,
                 threads if threads is not None else default_threads(n_workers), cache)
 
 # %% ../nbs/11b_estimate.ipynb #d69d2b95
@@ -299,17 +314,20 @@ def _fit_rows(check: str) -> float:
     "Shadow rows a learned attack trains on, per shadow row: 'refit' a check model on 80% then all, 'split' 80%, 'none' all."
     return {'refit': 1.8, 'split': 0.8, 'none': 1.0}[check]
 
-def state_seconds(p: dict, state: str, units: dict) -> dict:
+def state_seconds(p: dict, state: str, units: dict,
+                  names: list | None = None, # the attacks to fit (default: every attack of the state; none: the state costs nothing)
+                 ) -> dict:
     "Seconds of one attack state (features of every model it queries, then each attack's fit and bootstrap), by part."
     from mia_pruning.attacks import ATTACKS
     from mia_pruning.pipeline import reference_count, release_sparsities
+    names = _state_names(p, state) if names is None else list(names)
+    if not names: return {'features': 0.0, 'learned': 0.0, 'other': 0.0, 'bootstrap': 0.0}  # every result cached
     kind, shape, C, _ = _recipe(p)
     mu = units[f"model|{p['arch']}|{shape}|{C}|{p['channels_last']}"]
     sz = split_sizes(pool_size(p['dataset'], p['subsample'], p['data_root']), p['seed'], p['num_shadows'])
     K, R, pop = p['num_shadows'], reference_count(p), sz['population']
     v, s = sz['victim'], sz['shadow']
     T, S = v['train'] + v['test'], K * (s['train'] + s['test'])
-    names = _state_names(p, state)
     refs_sh = K - 1 + R if (K > 1 or R) else 0
     queries = S * (1 + refs_sh) + (K * pop * (1 + refs_sh) if refs_sh else 0) + (T + pop) * (1 + K + R)
     reads = {sig for n in names for sig in ATTACKS[n].signals}
@@ -393,8 +411,9 @@ def estimate_grid(spec, # preset name, YAML path, dict or GridSpec
         stages['dense models' if job.kind == 'dense' else 'pruned models' if job.kind == 'pruned' else 'control models'] += sec
         deps[key] = (key, sec, tuple(a for a in job.after if a in plan.models and a not in plan.cached), False)
     order = sorted(deps.values(), key=lambda t: plan.models[t[0]].kind != 'dense')
-    seen_states = set()
-    from mia_pruning.pipeline import cell_models, cell_states
+    from mia_pruning.pipeline import cell_models
+    states = {}
+    for cid, p, state, names in plan.state_fits(): states.setdefault(cid, []).append((state, names))
     for cid, p in plan.cells:
         kind, shape, C, _ = _recipe(p)
         mu = units[f"model|{p['arch']}|{shape}|{C}|{p['channels_last']}"]
@@ -403,13 +422,8 @@ def estimate_grid(spec, # preset name, YAML path, dict or GridSpec
         fixed = CELL_FIXED_S + units[f"data|{p['dataset']}|{p['subsample']}|{p['seed']}|{p['data_root']}"] \
                 + (sz['victim']['train'] + sz['victim']['test']) * mu['infer']
         sec, parts = fixed, {'cell fixed': fixed}
-        dense_state = (tuple(j.key for j in jobs if j.kind == 'dense'), tuple(_state_names(p, 'dense')),
-                       *(p[k] for k in ('sensitivity_m', 'sensitivity_eps', 'n_boot', 'attack_epochs', 'attack_recipe', 'attack_check',
-                                        'seed', 'inference')))
-        for state in cell_states(p):  # the control arm's states cost as the pruned one's
-            if state == 'dense' and dense_state in seen_states: continue  # cached by the first cell that built it
-            seen_states.add(dense_state)
-            for k, v in state_seconds(p, 'dense' if state == 'dense' else 'pruned', units).items():
+        for state, names in states.get(cid, []):  # the control arm's states cost as the pruned one's
+            for k, v in state_seconds(p, 'dense' if state == 'dense' else 'pruned', units, names).items():
                 key = {'features': 'features', 'learned': 'learned attacks', 'other': 'other attacks', 'bootstrap': 'bootstrap'}[k]
                 parts[key] = parts.get(key, 0.0) + v; sec += v
         for k, v in parts.items(): stages[k] += v
@@ -441,19 +455,17 @@ def describe_plan(spec, # preset name, YAML path, dict or GridSpec
                      + ('calibrated now' if est.calibrated else 'calibration cached') + f': {calibration_file(plan.threads, kw.get("calibration_cache") or kw.get("cache_dir"))})')
     return '\n'.join(lines)
 
-QUIET_QUICK_S = 257  # the quick grid from an empty cache on a quiet machine (issue 25: 4 min 17 s; no committed record holds it)
-
 def estimate_record(out=None, # the JSON file to write (None: not written)
                     root=None, # the project's root (default: `core.project_root()`), where outputs/ lies
                    ) -> dict:
-    "Estimate the quick and study presets from an empty cache and compare with their measured walls (outputs/bench/scheduling.json, outputs/study/grid.json)."
+    "Estimate the quick and study presets from an empty cache and compare with their measured walls (outputs/bench/quick_wall.json, outputs/study/grid.json)."
     import tempfile
     from mia_pruning.core import project_root
     root = Path(root or project_root())
-    sched, study = load_json(root / 'outputs/bench/scheduling.json'), load_json(root / 'outputs/study/grid.json')
-    m = sched['raw']['runs']['models']
-    measured = {'quick': {'seconds': m['seconds'], 'source': 'outputs/bench/scheduling.json (models run)', 'load_avg': m['load_avg'],
-                          'stages': m['stages'], 'quiet_seconds': QUIET_QUICK_S},
+    wall, study = load_json(root / 'outputs/bench/quick_wall.json'), load_json(root / 'outputs/study/grid.json')
+    m = wall['raw']['runs']['readme']  # run_grid's own wall (the command's wall adds the interpreter start and the report)
+    measured = {'quick': {'seconds': m['grid_seconds'], 'source': 'outputs/bench/quick_wall.json (the README command)', 'load_avg': m['load_avg_start'],
+                          'stages': m['stages'], 'peak_gflops_1_thread': min(wall['raw']['peak_before']['1'], wall['raw']['peak_after']['1'])},
                 'study': {'seconds': study['seconds'], 'source': 'outputs/study/grid.json', 'stages': study['stages']}}
     rec = {'name': 'estimate', 'started': time.strftime('%Y-%m-%dT%H:%M:%S'), 'machine': None, 'grids': {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -463,7 +475,6 @@ def estimate_record(out=None, # the JSON file to write (None: not written)
             rec['machine'] = machine_key(est.plan.threads)
             d = est.as_dict()
             d.update(measured=measured[g], ratio=round(est.wall / measured[g]['seconds'], 3), units=est.units)
-            if g == 'quick': d['ratio_quiet'] = round(est.wall / QUIET_QUICK_S, 3)
             rec['grids'][g] = d
     rec['load_avg_end'] = list(os.getloadavg())
     if out is not None: save_json(out, rec)

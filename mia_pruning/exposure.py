@@ -18,10 +18,11 @@ STATES = ("dense", "pruned")  # the model states of a run folder (as mia_pruning
 
 
 # %% auto #0
-__all__ = ['STATES', 'SETTING_KEYS', 'CELL_METRICS', 'CLASS_METRICS', 'per_sample_scores', 'fpr_threshold', 'exposure_counts',
-           'ExposureResult', 'exposure', 'plot_exposure_scatter', 'plot_score_change', 'plot_class_exposure',
-           'plot_newly_exposed', 'most_exposed', 'plot_exposed_images', 'stored_attacks', 'default_exposure_attacks',
-           'exposure_table', 'markdown_table', 'write_exposure_report']
+__all__ = ['STATES', 'SETTING_KEYS', 'CELL_METRICS', 'CLASS_METRICS', 'COMPARISONS', 'per_sample_scores', 'fpr_threshold',
+           'exposure_counts', 'ExposureResult', 'exposure', 'plot_exposure_scatter', 'plot_score_change',
+           'plot_class_exposure', 'plot_newly_exposed', 'most_exposed', 'plot_exposed_images', 'exposure_comparisons',
+           'exposure_beyond_null', 'stored_attacks', 'default_exposure_attacks', 'exposure_table', 'markdown_table',
+           'write_exposure_report']
 
 # %% ../nbs/09a_exposure.ipynb #63337874
 SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'adaptive')  # what a setting is (besides any other varying parameter)
@@ -36,28 +37,31 @@ def _run_dirs(grid_dir) -> list[Path]:
     if not runs.is_dir(): raise ValueError(f'{str(g)!r} has no runs/ folder; expected a grid output folder holding runs/<cell_id>/')
     return summary_runs(g)[0]  # exactly the runs summary.csv holds: complete, of the current spec
 
-def _read_run(rd: Path, attack: str) -> tuple[dict, dict]:
-    "params and the dense and pruned arrays of one run folder; raises on anything missing (the caller skips with a warning)."
+def _read_run(rd: Path, attack: str, states=STATES) -> tuple[dict, dict]:
+    "params and the arrays of two states of one run folder; raises on anything missing (the caller skips with a warning)."
     params, _ = read_params(rd)
-    return params, read_scores(rd, STATES, attacks=(attack,), common=PAIRED)
+    return params, read_scores(rd, tuple(dict.fromkeys(('dense', *states))), attacks=(attack,), common=PAIRED)  # dense: what the pairing is checked against
 
 def per_sample_scores(grid_dir, # a grid output folder holding runs/<cell_id>/ (their parameters and per-sample scores)
                       attack: str, # an attack name as the run folders store it (e.g. 'lira_offline')
+                      states=STATES, # the two model states compared, before and after (e.g. ('dense', 'control') for the null)
                      ) -> pd.DataFrame:
-    "One row per (run, victim sample): the cell's setting, the sample's index, label, membership and its dense and pruned score."
+    "One row per (run, victim sample): the cell's setting, the sample's index, label, membership and its score in each state (dense_* columns: the first state's, pruned_*: the second's)."
     if not isinstance(attack, str) or not attack: raise ValueError(f'attack must be a non-empty attack name, got {attack!r}')
+    states = tuple(states)
+    if len(states) != 2 or states[0] == states[1]: raise ValueError(f'states must name two different model states, got {states!r}')
     frames, params_of = [], {}
     for rd in _run_dirs(grid_dir):
-        try: params, arr = _read_run(rd, attack)
+        try: params, arr = _read_run(rd, attack, states)
         except Exception as e:
             warnings.warn(f'skipping run folder {rd} for attack {attack!r}: {type(e).__name__}: {e}'); continue
-        check_paired({st: arr[st] for st in STATES}, rd)  # the same records in one order, else the pairs would be of different records
-        d, p = arr['dense'], arr['pruned']
+        check_paired(arr, rd)  # the same records in one order, else the pairs would be of different records
+        d, p = arr[states[0]], arr[states[1]]
         cols = {'index': d.common['index'].astype(np.int64), 'label': d.common['labels'].astype(np.int64), 'is_member': d.is_member,
                 'dense_score': d.scores[attack].astype(np.float64), 'pruned_score': p.scores[attack].astype(np.float64)}
         if 'py' in d.common and 'py' in p.common: cols.update(dense_py=d.common['py'].astype(np.float64), pruned_py=p.common['py'].astype(np.float64))
         frames.append(pd.DataFrame(cols)); params_of[rd.name] = params
-    if not frames: raise ValueError(f'no usable run under {str(Path(grid_dir) / "runs")!r} has scores for attack {attack!r} '
+    if not frames: raise ValueError(f'no usable run under {str(Path(grid_dir) / "runs")!r} has scores for attack {attack!r} in states {list(states)} '
                                     '(a run is usable when its parameters and per-sample scores load and hold both states of the attack)')
     keys = set().union(*params_of.values()) - set(_NOT_AXES) - set(SETTING_KEYS) - {'subsample'}
     extra = sorted(k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params_of.values()}) > 1)
@@ -530,6 +534,65 @@ def plot_exposed_images(res: ExposureResult, # the result of `exposure`
     return _save(fig, path)
 
 
+# %% ../nbs/09a_exposure.ipynb #6fde3d66
+COMPARISONS = (('dense', 'pruned'), ('dense', 'control'), ('dense', 'control_matched'), ('control', 'pruned'))  # before -> after
+
+def _has_states(grid_dir, states) -> bool:
+    "Whether some complete run of the grid holds every state of `states`."
+    for rd in _run_dirs(grid_dir):
+        try:
+            if set(states) <= set(run_attacks(rd)): return True
+        except ValueError: continue
+    return False
+
+def _comparison_results(grid_dir, attack, comparisons, fpr, n_boot, level=0.95) -> dict:
+    "(before, after) -> `ExposureResult` for each comparison whose two states some complete run holds."
+    out = {}
+    for pair in comparisons:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # runs without the pair (no control arm) are skipped, not reported one by one
+            try: frame = per_sample_scores(grid_dir, attack, pair)
+            except ValueError: continue
+        out[tuple(pair)] = exposure(frame, attack, fpr=fpr, level=level, n_boot=n_boot)
+    return out
+
+def exposure_comparisons(grid_dir, # a grid output folder holding runs/
+                         attack: str, # the attack
+                         fpr: float = 0.01, n_boot: int = 1000, # as `exposure`
+                         comparisons=COMPARISONS, # (before, after) state pairs; a pair no run holds is left out
+                        ) -> pd.DataFrame:
+    "`exposure_table` for each comparison, one row per (setting, comparison): the pruned arm's exposure beside its nulls."
+    res = _comparison_results(grid_dir, attack, comparisons, fpr, n_boot)
+    if not res: raise ValueError(f'no run under {str(grid_dir)!r} holds any of the state pairs {[list(c) for c in comparisons]} for attack {attack!r}')
+    order = {f'{a} -> {b}': i for i, (a, b) in enumerate(comparisons)}
+    t = pd.concat([exposure_table(r).drop(columns='attack').assign(comparison=f'{a} -> {b}') for (a, b), r in res.items()], ignore_index=True)
+    t = t.assign(_o=t['comparison'].map(order)).sort_values(['setting', '_o'], kind='stable').drop(columns='_o')
+    return t[['setting', 'comparison'] + [c for c in t.columns if c not in ('setting', 'comparison')]].reset_index(drop=True)
+
+def exposure_beyond_null(grid_dir, # a grid output folder holding runs/
+                         attack: str, # the attack
+                         null: str = 'control', # the null state: 'control' or 'control_matched'
+                         fpr: float = 0.01, level: float = 0.95, # as `exposure`
+                        ) -> pd.DataFrame:
+    "Per setting: members newly exposed dense -> pruned minus dense -> `null`, paired per seed (cell), mean and t-interval over seeds."
+    res = _comparison_results(grid_dir, attack, [('dense', 'pruned'), ('dense', null)], fpr, 0, level)
+    if len(res) < 2: raise ValueError(f'no run under {str(grid_dir)!r} holds the dense, pruned and {null} states for attack {attack!r}')
+    keep = ['cell_id', 'setting_label', 'seed', 'newly_exposed', 'newly_fp', 'no_longer_exposed']
+    pr, nu = (res[k].cells for k in (('dense', 'pruned'), ('dense', null)))
+    label = dict(zip(res[('dense', 'pruned')].summary['setting'], res[('dense', 'pruned')].summary['setting_label']))
+    pr = pr.assign(setting_label=pr['setting'].map(label))
+    m = pr[keep].merge(nu[['cell_id', 'newly_exposed', 'newly_fp', 'no_longer_exposed']], on='cell_id', suffixes=('', '_null'))
+    rows = []
+    for s, g in m.groupby('setting_label', sort=False):
+        row = {'setting': s, 'attack': attack, 'null': f'dense -> {null}', 'seeds': len(g)}
+        for k, name in (('newly_exposed', 'newly exposed'), ('newly_fp', 'new false positives'), ('no_longer_exposed', 'no longer exposed')):
+            v, lo, hi = _aggregate((g[k] - g[f'{k}_null']).to_numpy(np.float64), None, level, (-np.inf, np.inf))
+            row[f'{name}: pruning'] = float(g[k].mean()); row[f'{name}: null'] = float(g[f'{k}_null'].mean())
+            row[f'{name}: difference'] = _ci(v, lo, hi)
+            if k == 'newly_exposed': row['beyond the null'] = bool(lo > 0) if not np.isnan(lo) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
 # %% ../nbs/09a_exposure.ipynb #f65b0185
 def stored_attacks(grid_dir) -> list[str]:
     "Attack names with scores for both states in at least one run folder of the grid."
@@ -605,6 +668,19 @@ def write_exposure_report(grid_dir, # a grid output folder holding runs/
         w['table'] = out / f'exposure_{a}.md'
         md = markdown_table(exposure_table(res)).encode()
         atomic_write(w['table'], lambda f: f.write(md + b'\n'))
+        nulls = [c for c in COMPARISONS[1:] if c[0] == 'dense']
+        if any(_has_states(grid_dir, c) for c in nulls):  # the control arm ran: the same analysis against fine-tuning alone
+            cmp, beyond = exposure_comparisons(grid_dir, a, fpr=fpr, n_boot=n_boot), []
+            for _, null in nulls:
+                try: beyond.append(exposure_beyond_null(grid_dir, a, null, fpr=fpr))
+                except ValueError: pass
+            w['nulls'] = out / f'exposure_{a}_nulls.md'
+            text = ('Members newly / no longer exposed at each comparison: dense -> pruned (the study), dense -> control (fine-tuning '
+                    'alone, the null), control -> pruned (pruning beyond fine-tuning).\n\n' + markdown_table(cmp)
+                    + ('\n\nNewly exposed by pruning minus newly exposed by the null, paired per seed (t-interval over seeds):\n\n'
+                       + markdown_table(pd.concat(beyond, ignore_index=True)) if beyond else '')).encode()
+            atomic_write(w['nulls'], lambda f: f.write(text + b'\n'))
+            w['nulls_csv'] = out / f'exposure_{a}_nulls.csv'; _csv(w['nulls_csv'], cmp)
         for k, fn in (('overview', plot_newly_exposed), ('scatter', plot_exposure_scatter), ('change', plot_score_change), ('by_class_fig', plot_class_exposure)):
             w[k] = out / f'exposure_{a}_{k.replace("_fig", "")}.png'; fn(res, path=w[k])
         try:

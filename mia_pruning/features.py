@@ -15,9 +15,9 @@ from .core import get_device
 
 
 # %% auto #0
-__all__ = ['FAST_CHUNK', 'bar_disabled', 'inference_model', 'model_outputs', 'posteriors', 'per_sample_loss',
+__all__ = ['FAST_CHUNK', 'QUERY_BATCH', 'bar_disabled', 'inference_model', 'model_outputs', 'posteriors', 'per_sample_loss',
            'logit_scaled_confidence', 'true_class_prob', 'sensitivity_noise', 'sensitivity', 'AttackData',
-           'attack_data_for']
+           'sensitivity_batch', 'attack_data_for']
 
 # %% ../nbs/05_features.ipynb #f70fdc2d
 def _as_index(idx, name: str = 'idx') -> np.ndarray:
@@ -462,6 +462,14 @@ class AttackData:
 
 
 # %% ../nbs/05_features.ipynb #ac44c2da
+QUERY_BATCH = 1024  # attack_data_for's samples per forward pass
+
+def sensitivity_batch(batch_size: int, # samples per plain forward pass
+                      m: int, # sensitivity draws per sample
+                     ) -> int:
+    "Samples per sensitivity pass when plain passes take `batch_size`: each holds `batch_size` inputs (`m` noisy copies of each sample)."
+    return max(1, batch_size // max(m, 1))
+
 def attack_data_for(model: torch.nn.Module, # the target model
                     ds, # the dataset (tensors `x`, `y`)
                     member_idx, # indices of the target's training samples (label 1)
@@ -475,7 +483,7 @@ def attack_data_for(model: torch.nn.Module, # the target model
                     with_inputs: bool = False, # also keep each sample's flattened input x (QMIA's regressor features)
                     seed: int = 0, # seed of the sensitivity noise
                     device=None, # torch device or name (default: auto)
-                    batch_size: int = 1024, # samples per forward pass
+                    batch_size: int = QUERY_BATCH, # samples per forward pass (the sensitivity's: `sensitivity_batch`)
                     progress: bool | None = False, # tqdm bars
                     fast: bool = True, # query fast `inference_model` copies (False: the models themselves, as the study's code does)
                    ) -> AttackData:
@@ -511,7 +519,7 @@ def attack_data_for(model: torch.nn.Module, # the target model
     if with_inputs: kw['inputs'] = flat(idx)
     if with_sensitivity:
         kw['sensitivity'] = sensitivity(model, ds, idx, m=m, eps=eps, seed=seed, device=dev,
-                                        batch_size=max(1, batch_size // max(m, 1)), progress=progress, fast=fast)
+                                        batch_size=sensitivity_batch(batch_size, m), progress=progress, fast=fast)
     if refs:
         zr = [model_outputs(r, ds, idx, dev, batch_size, fast) for r in tqdm(refs, desc='references', disable=_no_bar(progress), leave=False)]
         kw['ref_lsc'] = np.stack([logit_scaled_confidence(q, y) for q in zr], 1)

@@ -173,7 +173,7 @@ PRESETS = {
     'quick': {'name': 'quick', 'description': "the study's four pruning methods on digits (CNN), plain vs PPB fine-tuning",
               'axes': {'prune_method': STUDY_METHODS, 'sparsity': [0.5, 0.9], 'defense': ['none', 'ppb']},
               'fixed': {'dataset': 'digits', 'arch': 'cnn', 'seed': 7, 'num_shadows': 3, 'attacks': 'all',
-                        'attack_epochs': 10, 'num_references': 4, 'n_boot': 100}},
+                        'attack_epochs': 10, 'attack_check': 'split', 'num_references': 4, 'n_boot': 100}},
     'study': {'name': 'study', 'description': "a powered Fashion-MNIST study on a CPU: 3 seeds x the study's four methods at two "
                                               "sparsities, plain and PPB fine-tuning (non-adaptive and adaptive), 2,025 members per victim",
               'axes': {'seed': STUDY_SEEDS},

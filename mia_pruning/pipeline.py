@@ -24,8 +24,8 @@ from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, ATTACK_STOPS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
 from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed
 from .divergence import divergence_summary
-from .runs import RECORD, finish_run, is_complete, write_run_folder, join_states
-from .states import ModelSet, AttackSettings, state_attacks
+from .runs import RECORD, finish_run, is_complete, write_run_folder, join_states, portable_paths
+from .states import ModelSet, AttackSettings, state_attacks, cached_attacks
 from .plugins import PLUGIN_PARAMS, is_plugin, canonical_spec, pin_spec, short_name, plugin_identity
 
 
@@ -35,8 +35,8 @@ __all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATE
            'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'attacks_of_state', 'release_sparsities',
            'validate_params', 'Frozen', 'ResolvedCell', 'resolve_cell', 'resolve_params', 'cell_states', 'cell_id',
            'cell_attacks', 'CellResult', 'ModelJob', 'reference_count', 'model_params', 'matched_epochs', 'CellPlan',
-           'cell_plan', 'cell_models', 'release_params', 'model_job_record', 'model_job_done', 'ModelBuilder',
-           'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
+           'cell_plan', 'cell_models', 'release_params', 'model_job_record', 'model_job_done', 'release_inputs',
+           'cached_cell_attacks', 'ModelBuilder', 'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -182,10 +182,6 @@ def validate_params(params: dict) -> dict:
 
 def _attack_names(v) -> list:
     return [n.strip() for n in v.split(',')] if isinstance(v, str) else []
-
-def _names_plugins(params: dict) -> bool:
-    "Whether `params` name a plug-in (a dataset, arch, method, defense or attack given as package.module:name or file.py:name)."
-    return any(is_plugin(params.get(k)) for k in PLUGIN_PARAMS) or any(is_plugin(n) for n in _attack_names(params.get('attacks')))
 
 def _validate(params: dict) -> dict:
     unknown = sorted(set(params) - set(CELL_DEFAULTS))
@@ -462,6 +458,35 @@ def model_job_done(job: ModelJob, cache_dir) -> bool:
     cache = ArtifactCache(cache_dir)
     return rec.get('key') == job.key and cache.verify(Path(cache_dir) / rec['kind'] / rec['entry'])
 
+def release_inputs(state: str, # a model state of the cell
+                   sets: dict, # state -> what it is attacked with (`ModelSet`s, or their keys)
+                   releases: dict, # sparsity -> the same, for the cell's other releases
+                  ) -> tuple:
+    "(other, others) the attacks of `state` read: the dense release for every treated state, and every release for the pruned one."
+    other = sets['dense'] if state != 'dense' else None
+    others = ({'dense': sets['dense']} | {f'sparsity {s:g}': r for s, r in releases.items()}) if state == 'pruned' else None
+    return other, others
+
+def cached_cell_attacks(cell: 'dict | ResolvedCell', # a cell (validated and resolved here unless it is a `ResolvedCell`)
+                        cache_dir, # the artifact cache
+                        victim_members: int, # the victim's training records (the epsilon's delta is 1 / this, as run_cell sets it)
+                       ) -> dict:
+    "State -> the attacks whose results `cache_dir` already holds for this cell (none where a model of the state is not trained yet)."
+    cell = resolve_cell(cell); p, plan = cell.params, cell_plan(cell)
+    jobs, cache = {j.key: j for j in plan.jobs}, ArtifactCache(cache_dir)
+    done = {k: load_json(model_job_record(j, cache_dir))['entry'] for k, j in jobs.items() if model_job_done(j, cache_dir)}
+    K, R = p['num_shadows'], reference_count(p)
+    roles = ['victim'] + [f'shadow{j}' for j in range(K)] + [f'reference{r}' for r in range(R)]
+    keys = lambda by_role: tuple(done[by_role[r]] for r in roles) if all(by_role[r] in done for r in roles) else None
+    states = {st: keys(b) for st, b in plan.states.items()}
+    releases = {s: keys(b) for s, b in plan.releases.items()}
+    settings, out = AttackSettings.from_params(p), {}
+    for state in cell.states:
+        other, others = release_inputs(state, states, releases)
+        if states[state] is None or (state != 'dense' and other is None) or (others and None in others.values()): out[state] = set(); continue
+        out[state] = cached_attacks(states[state], K, cell.state_attacks(state), settings, 1.0 / victim_members, cache, other, others)
+    return out
+
 class ModelBuilder:
     "Builds (or finds in the cache) the models of `ModelJob`s through one set of calls, each once: the grid's model tasks and `run_cell` both use it."
     def __init__(self, cache: ArtifactCache, device, progress: bool = False):
@@ -581,7 +606,7 @@ def run_cell(progress: bool = True, # progress bars
         return ModelSet(got['victim'][0], [got[f'shadow{j}'][0] for j in range(K)], [got[f'reference{r}'][0] for r in range(R)],
                         [_key(got[r][1]) for r in roles])
     states = {st: model_set(by_role) for st, by_role in plan.states.items()}
-    other_releases = {'dense': states['dense']} | {f'sparsity {s:g}': model_set(by_role) for s, by_role in plan.releases.items()}
+    releases = {s: model_set(by_role) for s, by_role in plan.releases.items()}
     models_use = cache_use(cache.events)  # the models (and splits) this cell trained vs found
     info = {st: build.got[by_role['victim']][1] for st, by_role in plan.states.items()}
     dr, pv_info = info['dense'], info['pruned']
@@ -605,8 +630,7 @@ def run_cell(progress: bool = True, # progress bars
         s = states[state]
         t1 = time.time()
         state_names = cell.state_attacks(state)  # two releases: dense + treated; several: the pruned ones
-        res = state_attacks(ds, sp, ref_masks, s, state_names, settings, cache, device, progress,
-                            other=states['dense'] if state != 'dense' else None, others=other_releases if state == 'pruned' else None)
+        res = state_attacks(ds, sp, ref_masks, s, state_names, settings, cache, device, progress, *release_inputs(state, states, releases))
         timings[f'attacks_{state}'] = time.time() - t1
         if res.built: timings[f'attacks_{state}_built'] = {n: res.seconds[n] for n in res.built}  # per attack: seconds spent in this cell
         attack_states[state] = {'cached': not res.built and not res.features_built, 'built': list(res.built)}
@@ -635,7 +659,7 @@ def run_cell(progress: bool = True, # progress bars
     result = CellResult(dict(cell.given), metrics, rows, arrays, prov, divergence)
     if out_dir:
         write_run(out_dir, result)
-        if certify: finish_run(out_dir, result.provenance['cell_id'], notebook=False)
+        if certify: portable_paths(out_dir); finish_run(out_dir, result.provenance['cell_id'], notebook=False)
     return result
 
 def _data_provenance(ds) -> dict:

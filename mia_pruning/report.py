@@ -13,12 +13,13 @@ from .plugins import short_name  # a plug-in's name fit for a file name
 
 # %% auto #0
 __all__ = ['REQUIRED_COLUMNS', 'MODEL_STATES', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TPR_COLUMNS', 'FAMILIES',
-           'TRADEOFF_COLUMNS', 'RELEASE_ATTACKS', 'SETTING_KEYS', 'RELEASE_COMPARISONS', 'read_summary_csv',
-           'load_summary', 'not_learned', 'standard_adversary', 'no_defense', 'settings', 'attack_order', 'write_file',
-           'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family', 'plot_headline', 'plot_attacks',
-           'tradeoff_table', 'plot_frontier', 'frontier_group', 'plot_defense_frontier', 'defense_table',
-           'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table', 'attack_table', 'accuracy_table',
-           'attack_summary', 'epsilon_table', 'two_release_table', 'release_table', 'make_report']
+           'TRADEOFF_COLUMNS', 'EPSILON_ALPHA', 'EPSILON_NOTE', 'RELEASE_ATTACKS', 'SETTING_KEYS',
+           'RELEASE_COMPARISONS', 'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense',
+           'settings', 'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family',
+           'plot_headline', 'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group',
+           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table',
+           'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table', 'two_release_table', 'release_table',
+           'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -548,12 +549,21 @@ def attack_summary(df: pd.DataFrame) -> pd.DataFrame:
     t['_o'] = t['attack'].map({a: i for i, a in enumerate(attack_order(t['attack']))})
     return t.sort_values(['dataset', 'arch', '_o']).drop(columns='_o').reset_index(drop=True)
 
+EPSILON_ALPHA = 0.05  # each fit's empirical epsilon is a (1 - EPSILON_ALPHA) lower bound (`metrics.empirical_epsilon`'s default)
+EPSILON_NOTE = ("Each fit's empirical epsilon is a one-sided {conf:.0%} lower bound on the DP epsilon of that one model (Clopper-Pearson on "
+                "its FPR and FNR, Bonferroni over the thresholds tried) at the delta shown. A fit the cells share (the dense state of a seed) "
+                "counts once. The maximum over a row's k fits bounds the largest epsilon among those k models only at joint confidence "
+                "1 - k x {alpha:g} (union bound; the column 'max holds at'); the median is a typical fit's bound.")
+
 def epsilon_table(df: pd.DataFrame) -> pd.DataFrame:
-    "Per setting, model state and attack: the largest empirical epsilon any cell's attack proves, beside the DP accountant's."
+    "Per setting, model state and attack: distinct fits' empirical epsilon (median, max and the confidence the max holds at), beside the DP accountant's."
     if 'empirical_epsilon' not in df: raise ValueError('the summary has no empirical_epsilon column (grids before this version)')
     keys = ['dataset', 'arch', 'defense', 'model_state', 'attack']
-    g = df.groupby(keys, sort=False)
-    t = g['empirical_epsilon'].agg(['max', 'mean', 'count']).rename(columns={'max': 'empirical eps (max)', 'mean': 'empirical eps (mean)', 'count': 'cells'})
+    fit = [k for k in keys + ['seed', 'empirical_epsilon', 'empirical_epsilon_delta'] if k in df]
+    d = df.drop_duplicates(fit)  # rows that repeat one fit (a seed's dense state in each of its cells) count once
+    g = d.groupby(keys, sort=False)
+    t = g['empirical_epsilon'].agg(['median', 'max', 'count']).rename(columns={'median': 'empirical eps (median)', 'max': 'empirical eps (max)', 'count': 'fits'})
+    t['max holds at'] = (1 - t['fits'] * EPSILON_ALPHA).clip(lower=0)
     if 'epsilon' in df: t['accountant eps (min)'] = g['epsilon'].min()
     if 'empirical_epsilon_delta' in df: t['delta'] = g['empirical_epsilon_delta'].max()
     return t.reset_index()
@@ -687,6 +697,7 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
         return table('defenses', '\n'.join(parts))
     attempt('defenses', dtab)
     attempt('epsilon', lambda: table('epsilon', '### Empirical epsilon (a lower bound any DP guarantee must meet) per attack and model state\n\n'
+                                      + EPSILON_NOTE.format(conf=1 - EPSILON_ALPHA, alpha=EPSILON_ALPHA) + '\n\n'
                                       + md_table(epsilon_table(df).dropna(axis=1, how='all'))))
     if (out_dir / 'runs').is_dir():  # who becomes exposed: per-sample scores live in the run folders
         def exposure_page():

@@ -8,7 +8,7 @@ import os, sys, time, socket, logging
 from pathlib import Path
 import nbformat
 from .core import project_root
-from .runs import finish_run, clear_folder, swap_in, plain_folder
+from .runs import finish_run, clear_folder, swap_in, plain_folder, portable_paths
 from .executors import THREAD_VARS, raise_if_interrupted
 
 # %% auto #0
@@ -125,6 +125,7 @@ def execute_cell(task: dict) -> dict:
                 clear_folder(work); work.mkdir(parents=True)
         raise_if_interrupted()  # papermill turned a signal into an ending: certify nothing
         # the kernel has ended: only now may the folder be called complete
+        portable_paths(work, run_dir)  # paths as the folder will travel: relative to its project (see 10c_runs)
         try: finish_run(work, task['cell_id'])
         except ValueError as e:
             msg = str(e)

@@ -4,21 +4,22 @@
 
 # %% ../nbs/10c_runs.ipynb #da40f930
 from __future__ import annotations
-import os, json, errno, shutil, hashlib, zipfile, warnings
+import os, re, sys, json, errno, shutil, hashlib, zipfile, warnings
 from pathlib import Path
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
-from .core import atomic_write, save_json, load_json, save_arrays, load_arrays
+from .core import atomic_write, save_json, load_json, save_arrays, load_arrays, project_root
 
 
 # %% auto #0
-__all__ = ['PARAMS', 'ROWS', 'SCORES', 'METRICS', 'DIVERGENCE', 'RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'PAIRED',
-           'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder', 'plain_file', 'notebook_problem',
-           'record_problems', 'verify_run', 'finish_run', 'run_problem', 'is_complete', 'score_key', 'StateArrays',
-           'split_states', 'join_states', 'write_run_folder', 'save_scores', 'load_scores', 'read_scores',
-           'check_paired', 'stored_attacks', 'run_params', 'read_params', 'stage_dir', 'clear_folder', 'swap_in',
-           'recover_swaps', 'write_bytes', 'spec_cells', 'summary_runs', 'collect']
+__all__ = ['PARAMS', 'ROWS', 'SCORES', 'METRICS', 'DIVERGENCE', 'RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'PORTABLE_FILES',
+           'PAIRED', 'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder', 'plain_file',
+           'notebook_problem', 'record_problems', 'verify_run', 'finish_run', 'run_problem', 'is_complete',
+           'portable_paths', 'score_key', 'StateArrays', 'split_states', 'join_states', 'write_run_folder',
+           'save_scores', 'load_scores', 'read_scores', 'check_paired', 'stored_attacks', 'run_params', 'read_params',
+           'stage_dir', 'clear_folder', 'swap_in', 'recover_swaps', 'write_bytes', 'spec_cells', 'summary_runs',
+           'collect']
 
 # %% ../nbs/10c_runs.ipynb #0984d3ff
 PARAMS, ROWS, SCORES, METRICS, DIVERGENCE = 'params.json', 'rows.json', 'scores.npz', 'metrics.json', 'divergence.json'  # a run folder's files
@@ -144,6 +145,39 @@ def is_complete(run_dir, cell_id: str | None = None) -> bool:
     "True when `run_dir` holds a complete run (see `run_problem`)."
     return run_problem(run_dir, cell_id) is None
 
+
+# %% ../nbs/10c_runs.ipynb #bf686a39
+PORTABLE_FILES = (PARAMS, NOTEBOOK)  # the files of a run folder whose text records paths
+
+def _path_forms(p: Path) -> list[str]:
+    return list(dict.fromkeys([str(p), str(p.resolve())]))
+
+def portable_paths(run_dir, # a run folder whose kernel has ended (before `finish_run` certifies it)
+                   final=None, # where it will live (a staging folder is swapped in there; default: `run_dir`)
+                  ) -> dict:
+    "Rewrite the absolute paths recorded in params.json and run.ipynb (see above); the replacements made, old -> new."
+    run_dir = Path(run_dir); final = Path(final or run_dir).resolve()
+    root = project_root(final)
+    rel = lambda p: './' + p.relative_to(root).as_posix() if root and p.is_relative_to(root) else str(p)
+    subs = {}
+    for form in _path_forms(run_dir): subs.setdefault(form, rel(final))
+    if root:
+        for form in _path_forms(root): subs.setdefault(form, '.')
+    for form in _path_forms(Path(sys.prefix)): subs.setdefault(form, '<sys.prefix>')  # the interpreter's: a package's own data files
+    for form in _path_forms(Path.home()): subs.setdefault(form, '~')
+    subs = {k: v for k, v in subs.items() if k not in ('/', '') and k != v}
+    made = {}
+    for name in PORTABLE_FILES:
+        f = run_dir / name
+        if not f.is_file(): continue
+        text = new = f.read_text(encoding='utf-8')
+        for old in sorted(subs, key=len, reverse=True):  # the longest first: the folder before its project, the project before home
+            new, n = re.subn(re.escape(old) + r'(?=[/"\'\s\\]|$)', lambda m, v=subs[old]: v, new)
+            if n: made[old] = subs[old]
+        if new != text:
+            json.loads(new)  # still the JSON it was (a path never holds a character JSON escapes here)
+            atomic_write(f, lambda fh, b=new.encode('utf-8'): fh.write(b))
+    return made
 
 # %% ../nbs/10c_runs.ipynb #514508d7
 _SEP = '__'  # joins state, kind and attack in a key of a run folder's scores: 'pruned__score__lira_offline'

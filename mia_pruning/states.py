@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 from .core import ArtifactCache, in_test, save_json, load_json, save_arrays, load_arrays
-from .features import AttackData, attack_data_for, sensitivity
+from .features import AttackData, attack_data_for, sensitivity, sensitivity_batch, QUERY_BATCH
 from .attacks import ATTACKS, run_attacks, shadow_attack_data
 from .threat import population_indices, victim_ref_in, shadow_record_index
 from .runs import StateArrays, save_scores, load_scores
 
 # %% auto #0
 __all__ = ['POPULATION_CAP', 'FEATURES_VERSION', 'RESULT_VERSION', 'FEATURE_KINDS', 'ModelSet', 'AttackSettings',
-           'state_features', 'StateResult', 'state_attacks']
+           'state_features', 'StateResult', 'cached_attacks', 'state_attacks']
 
 # %% ../nbs/10g_states.ipynb #89aa8dc6
 @dataclass(frozen=True)
@@ -74,7 +74,6 @@ def _arrays_records(arrays: dict, side: str) -> AttackData:
 POPULATION_CAP = 2000  # RMIA's and QMIA's population per state: a seeded subset of at most this many records
 FEATURES_VERSION = 1  # of the state_features and state_sensitivity entries
 RESULT_VERSION = 1  # of the state_attack entries
-_QUERY_BATCH = 1024  # attack_data_for's samples per forward pass; its sensitivity probes _QUERY_BATCH // m records at a time
 
 def _victim_index(splits) -> np.ndarray: return np.concatenate([splits.victim.train, splits.victim.test])
 
@@ -102,7 +101,7 @@ def _compute_features(ds, splits, ref_masks, models: ModelSet, s: AttackSettings
 
 def _compute_sensitivity(ds, splits, models: ModelSet, s: AttackSettings, device, progress) -> tuple[np.ndarray, np.ndarray]:
     "The sensitivity (n, C) of the shadow records (each shadow's own) and of the target records, as `attack_data_for` computes it."
-    kw = dict(m=s.sensitivity_m, eps=s.sensitivity_eps, batch_size=max(1, _QUERY_BATCH // max(s.sensitivity_m, 1)), **_query_kw(s, device, progress))
+    kw = dict(m=s.sensitivity_m, eps=s.sensitivity_eps, batch_size=sensitivity_batch(QUERY_BATCH, s.sensitivity_m), **_query_kw(s, device, progress))
     shadow = np.concatenate([sensitivity(net, ds, shadow_record_index(sp), **kw) for net, sp in zip(models.shadows, splits.shadows)])
     return shadow, sensitivity(models.target, ds, _victim_index(splits), **kw)
 
@@ -161,6 +160,35 @@ def _result_entry(name: str, reads: dict, s: AttackSettings, eps_delta: float) -
                             'recipe': s.attack_recipe, 'check': s.attack_check, 'eps_delta': eps_delta, 'version': RESULT_VERSION,
                             **({'stop': s.attack_stop} if s.attack_stop != 'epochs' else {})}  # at its default it stays out: earlier entries stay valid
 
+def _attack_entry(n: str, models: ModelSet, s: AttackSettings, eps_delta: float, h, other=None, others=None) -> tuple[str, dict]:
+    "The result entry of attack `n` on state `models`: what it reads (by entry hash, `h`) and how it is fitted."
+    sig = ATTACKS[n].signals
+    reads = {'records': h(_features_entry(models, s))}
+    if 'sensitivity' in sig: reads['sensitivity'] = h(_sensitivity_entry(models, s))
+    if 'other_release' in sig: reads['other_release'] = h(_features_entry(other, s))
+    if 'other_releases' in sig: reads['other_releases'] = [[k, h(_features_entry(o, s))] for k, o in others.items()]
+    return _result_entry(n, reads, s, eps_delta)
+
+def cached_attacks(keys: tuple, # a state's model keys (`ModelSet.keys`): target, shadows..., references...
+                   num_shadows: int, # how many of `keys` after the target are shadows
+                   names: list, # attacks to look up
+                   settings: AttackSettings,
+                   eps_delta: float, # 1 / victim members, as `state_attacks` uses it
+                   cache: ArtifactCache,
+                   other: tuple | None = None, # the other release's model keys (attacks with signal 'other_release')
+                   others: dict | None = None, # release name -> model keys (signal 'other_releases')
+                  ) -> set:
+    "The attacks of `names` whose result on this state is already in `cache`, intact: `state_attacks` would fit none of them."
+    as_set = lambda k: ModelSet(None, [None] * num_shadows, [None] * (len(k) - 1 - num_shadows), k)  # keys alone: no model is loaded
+    o = None if other is None else as_set(other)
+    os_ = None if others is None else {k: as_set(v) for k, v in others.items()}
+    found = set()
+    for n in names:
+        sig = ATTACKS[n].signals
+        if ('other_release' in sig and o is None) or ('other_releases' in sig and not os_): continue
+        if cache.verify(cache.entry(*_attack_entry(n, as_set(tuple(keys)), settings, eps_delta, lambda e: cache.key_hash(*e), o, os_))): found.add(n)
+    return found
+
 def _read_result(e):
     a, r = load_scores(e), load_json(e / 'result.json')
     return a['score'], a['pred'], r['metrics'], r['seconds']
@@ -212,16 +240,12 @@ def state_attacks(ds, # the dataset
         return sh, tg
     out, entries = {}, {}
     for n in names:
-        reads = {'records': h(_features_entry(models, s))}
-        if 'sensitivity' in signals[n]: reads['sensitivity'] = h(_sensitivity_entry(models, s))
-        if 'other_release' in signals[n]: reads['other_release'] = h(_features_entry(other, s))
-        if 'other_releases' in signals[n]: reads['other_releases'] = [[k, h(_features_entry(o, s))] for k, o in others.items()]
         def build(tmp, n=n):
             r = run_attacks([n], *sides(n), seed=s.seed, device=device, epochs=s.attack_epochs or None, n_boot=s.n_boot, progress=progress,
                             attack_recipe=s.attack_recipe, attack_check=s.attack_check, epsilon_delta=eps_delta, attack_stop=s.attack_stop)[n]
             save_scores(tmp, {'score': r.scores, 'pred': r.is_member_pred})
             save_json(tmp / 'result.json', {'metrics': r.metrics, 'seconds': r.seconds})
-        entry = _result_entry(n, reads, s, eps_delta)
+        entry = _attack_entry(n, models, s, eps_delta, h, other, others)
         entries[n] = h(entry)
         out[n] = cache.read_or_build(*entry, build, _read_result)
     made = [e for e in cache.events[first:] if e['built']]

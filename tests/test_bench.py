@@ -97,6 +97,22 @@ def test_grid_scaling(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('mia-bench-grid-')] == []  # temp grids removed
 
 
+@pytest.mark.slow  # about a minute: the smoke preset through the CLI, the matmul peak before and after
+def test_quick_wall_smoke(tmp_path, capsys):
+    "The README command's wall beside the machine's peak measured in the same run (smoke preset: no verdict)."
+    rec = bench.bench_quick_wall(smoke=True, out=tmp_path, workdir=tmp_path)
+    out = capsys.readouterr().out
+    check_record(tmp_path / 'quick_wall.json', 'quick_wall', ['quick grid wall from empty cache (README command)',
+                                                               'quick grid wall scaled to the target host'], out)
+    raw = rec['raw']
+    assert raw['preset'] == 'smoke' and list(raw['runs']) == ['readme'] and raw['runs']['readme']['grid_seconds'] > 0
+    assert all(v > 0 for p in ('peak_before', 'peak_after') for v in raw[p].values())
+    f = {x['name']: x for x in rec['figures']}
+    p1 = max(raw['peak_before']['1'], raw['peak_after']['1'])
+    assert abs(f['quick grid wall scaled to the target host']['value'] - raw['runs']['readme']['seconds'] * p1 / bench.REFERENCE_PEAK_GFLOPS) < 1e-9
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('mia-bench-quick-')] == []  # temp grids removed
+
+
 def test_memory_and_gpu(tmp_path, capsys):
     mem = bench.bench_memory(smoke=True, out=tmp_path)
     gpu = bench.bench_gpu(smoke=True, out=tmp_path, device='cpu')
@@ -123,7 +139,7 @@ def test_main(tmp_path, capsys):
     out = capsys.readouterr().out
     check_record(tmp_path / 'threshold.json', 'threshold', ['threshold n=500/side', 'threshold n=2,000/side'], out)
     assert bench.select_benchmarks('cpu') == ['train_loop', 'threshold', 'sensitivity', 'attack_training', 'fused', 'cell_cost',
-                                              'malloc_trim', 'scheduling', 'grid_scaling', 'memory']
+                                              'malloc_trim', 'scheduling', 'grid_scaling', 'quick_wall', 'memory']
     assert bench.select_benchmarks('gpu') == ['gpu', 'fused_gpu']
     assert bench.select_benchmarks('peak') == ['peak'] and bench.select_benchmarks('gpu', check=True) == ['gpu_check']
     assert bench.select_benchmarks('all')[-2:] == ['peak', 'gpu_check']

@@ -28,7 +28,8 @@ def test_model_counts_match_plan_tasks(tmp_path):
         k = f"{t.info['model_kind']} {t.info['role'].rstrip('0123456789')}"; by[k] = by.get(k, 0) + 1
     assert {k: v['models'] for k, v in plan.model_counts().items()} == by
     assert by == {'dense victim': 1, 'dense shadow': 2, 'pruned victim': 4, 'pruned shadow': 4}  # ppb: the shadows stay undefended
-    assert plan.attack_fits() == {'total': 32, 'learned': 16, 'other': 16, 'by_attack': {'gap': 8, 'nn': 8, 'samia': 8, 'loss': 8}}
+    # 4 pruned states and the one dense state the cells share
+    assert plan.attack_fits() == {'total': 20, 'learned': 10, 'other': 10, 'by_attack': {'gap': 5, 'nn': 5, 'samia': 5, 'loss': 5}}
 
 def test_estimate_positive_and_grows(tmp_path, calib):
     base = _est(tmp_path, calib)
@@ -62,5 +63,21 @@ def test_describe_plan_text(tmp_path, calib):
     text = E.describe_plan(SPEC, out_dir=tmp_path / 'out', cache_dir=tmp_path / 'cache', workers=2, threads=1, size='tiny',
                            calibration_cache=calib)
     assert '11 distinct model(s) to train (0 already in the cache)' in text
-    assert '32 attack fit(s) (16 learned' in text
+    assert '20 attack fit(s) (10 learned' in text  # 4 pruned states and the dense state they share
     assert re.search(r'estimated wall time: \d+ (s|min|h)', text)
+
+def test_cached_attack_results_are_not_counted(tmp_path):
+    "Fits whose results the cache holds cost nothing: none after the cell ran, and only the new one when an attack is added."
+    from mia_pruning import pipeline as P
+    fixed = {k: v for k, v in SPEC['fixed'].items()} | {'attacks': 'gap,loss', 'prune_method': 'l1_unstructured', 'sparsity': 0.5}
+    spec, cache = {'name': 'cached', 'fixed': fixed}, tmp_path / 'cache'
+    plan = lambda s: E.plan_grid(s, out_dir=tmp_path / 'out', cache_dir=cache, workers=1, threads=1)
+    assert plan(spec).attack_fits()['by_attack'] == {'gap': 2, 'loss': 2}  # the dense and the pruned state
+    (c,) = expand_cells(spec)
+    for job in P.cell_models(c.resolved): P.build_model_job(job, cache, threads=1, device='cpu')  # as the grid's model tasks
+    P.run_cell(progress=False, **c.resolved.with_runtime(cache_dir=str(cache), device='cpu', threads=1).params)
+    done = plan(spec)
+    assert done.cached == set(done.models) and done.attack_fits()['total'] == 0
+    assert E.state_seconds(done.cells[0][1], 'pruned', {}, names=[]) == {'features': 0.0, 'learned': 0.0, 'other': 0.0, 'bootstrap': 0.0}
+    grown = plan({'name': 'cached', 'fixed': fixed | {'attacks': 'gap,loss,conf'}})
+    assert grown.attack_fits()['by_attack'] == {'conf': 2}
