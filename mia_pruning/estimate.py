@@ -253,13 +253,13 @@ def plan_grid(spec, # preset name, YAML path, dict or GridSpec
     from mia_pruning.gridspec import as_spec, expand_cells, MAX_CELLS
     from mia_pruning.runs import is_complete
     from mia_pruning.grid import default_threads
-    from mia_pruning.pipeline import cell_models, model_job_done, cached_cell_attacks
+    from mia_pruning.pipeline import cell_models, model_job_done, cached_cell_attacks, finished_entry
     spec = as_spec(spec)
     cells = expand_cells(spec, MAX_CELLS if max_cells is None else max_cells)
     runs = Path(out_dir if out_dir is not None else default_out_dir() / spec.name) / 'runs'
     todo = [c for c in cells if not (resume and is_complete(runs / c.id, c.id))]
     cache = str(Path(cache_dir or default_cache_dir()).resolve())
-    models, cached, out, fits = {}, set(), [], {}
+    models, entries, out, fits = {}, {}, [], {}
     for c in todo:
         rc = c.resolved.with_runtime(cache_dir=c.params.get('cache_dir') or cache)
         p = rc.params
@@ -267,11 +267,11 @@ def plan_grid(spec, # preset name, YAML path, dict or GridSpec
         for job in cell_models(rc):
             if job.key in models: continue
             models[job.key] = job
-            if model_job_done(job, p['cache_dir']): cached.add(job.key)
+            if model_job_done(job, p['cache_dir']): entries[job.key] = finished_entry(job, p['cache_dir'])  # each model checked once
         members = split_sizes(pool_size(p['dataset'], p['subsample'], p['data_root']), p['seed'], p['num_shadows'])['victim']['train']
-        fits[c.id] = cached_cell_attacks(rc, p['cache_dir'], members)
+        fits[c.id] = cached_cell_attacks(rc, p['cache_dir'], members, entries)
     n_workers = workers or min(max(len(todo), 2), default_threads(1), 4)
-    return Plan(spec.name, out, len(cells) - len(todo), models, cached, fits, n_workers,
+    return Plan(spec.name, out, len(cells) - len(todo), models, set(entries), fits, n_workers,
                 threads if threads is not None else default_threads(n_workers), cache)
 
 # %% ../nbs/11b_estimate.ipynb #d69d2b95

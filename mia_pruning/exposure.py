@@ -537,14 +537,6 @@ def plot_exposed_images(res: ExposureResult, # the result of `exposure`
 # %% ../nbs/09a_exposure.ipynb #6fde3d66
 COMPARISONS = (('dense', 'pruned'), ('dense', 'control'), ('dense', 'control_matched'), ('control', 'pruned'))  # before -> after
 
-def _has_states(grid_dir, states) -> bool:
-    "Whether some complete run of the grid holds every state of `states`."
-    for rd in _run_dirs(grid_dir):
-        try:
-            if set(states) <= set(run_attacks(rd)): return True
-        except ValueError: continue
-    return False
-
 def _comparison_results(grid_dir, attack, comparisons, fpr, n_boot, level=0.95) -> dict:
     "(before, after) -> `ExposureResult` for each comparison whose two states some complete run holds."
     out = {}
@@ -564,6 +556,10 @@ def exposure_comparisons(grid_dir, # a grid output folder holding runs/
     "`exposure_table` for each comparison, one row per (setting, comparison): the pruned arm's exposure beside its nulls."
     res = _comparison_results(grid_dir, attack, comparisons, fpr, n_boot)
     if not res: raise ValueError(f'no run under {str(grid_dir)!r} holds any of the state pairs {[list(c) for c in comparisons]} for attack {attack!r}')
+    return _comparisons_table(res, comparisons)
+
+def _comparisons_table(res: dict, comparisons) -> pd.DataFrame:
+    "One row per (setting, comparison) of `_comparison_results`' results, in the order of `comparisons`."
     order = {f'{a} -> {b}': i for i, (a, b) in enumerate(comparisons)}
     t = pd.concat([exposure_table(r).drop(columns='attack').assign(comparison=f'{a} -> {b}') for (a, b), r in res.items()], ignore_index=True)
     t = t.assign(_o=t['comparison'].map(order)).sort_values(['setting', '_o'], kind='stable').drop(columns='_o')
@@ -577,9 +573,14 @@ def exposure_beyond_null(grid_dir, # a grid output folder holding runs/
     "Per setting: members newly exposed dense -> pruned minus dense -> `null`, paired per seed (cell), mean and t-interval over seeds."
     res = _comparison_results(grid_dir, attack, [('dense', 'pruned'), ('dense', null)], fpr, 0, level)
     if len(res) < 2: raise ValueError(f'no run under {str(grid_dir)!r} holds the dense, pruned and {null} states for attack {attack!r}')
+    return _beyond_null_table(res[('dense', 'pruned')], res[('dense', null)], null, level)
+
+def _beyond_null_table(pruned: ExposureResult, nulled: ExposureResult, null: str, level: float = 0.95) -> pd.DataFrame:
+    "`exposure_beyond_null`'s table from the two comparisons' results (their per-cell counts; the bootstrap is not used)."
+    attack = pruned.attack
     keep = ['cell_id', 'setting_label', 'seed', 'newly_exposed', 'newly_fp', 'no_longer_exposed']
-    pr, nu = (res[k].cells for k in (('dense', 'pruned'), ('dense', null)))
-    label = dict(zip(res[('dense', 'pruned')].summary['setting'], res[('dense', 'pruned')].summary['setting_label']))
+    pr, nu = pruned.cells, nulled.cells
+    label = dict(zip(pruned.summary['setting'], pruned.summary['setting_label']))
     pr = pr.assign(setting_label=pr['setting'].map(label))
     m = pr[keep].merge(nu[['cell_id', 'newly_exposed', 'newly_fp', 'no_longer_exposed']], on='cell_id', suffixes=('', '_null'))
     rows = []
@@ -668,12 +669,10 @@ def write_exposure_report(grid_dir, # a grid output folder holding runs/
         w['table'] = out / f'exposure_{a}.md'
         md = markdown_table(exposure_table(res)).encode()
         atomic_write(w['table'], lambda f: f.write(md + b'\n'))
-        nulls = [c for c in COMPARISONS[1:] if c[0] == 'dense']
-        if any(_has_states(grid_dir, c) for c in nulls):  # the control arm ran: the same analysis against fine-tuning alone
-            cmp, beyond = exposure_comparisons(grid_dir, a, fpr=fpr, n_boot=n_boot), []
-            for _, null in nulls:
-                try: beyond.append(exposure_beyond_null(grid_dir, a, null, fpr=fpr))
-                except ValueError: pass
+        found = {('dense', 'pruned'): res} | _comparison_results(grid_dir, a, COMPARISONS[1:], fpr, n_boot)
+        if len(found) > 1:  # the control arm ran: the same analysis against fine-tuning alone
+            cmp = _comparisons_table(found, COMPARISONS)
+            beyond = [_beyond_null_table(res, found[('dense', s)], s) for s in ('control', 'control_matched') if ('dense', s) in found]
             w['nulls'] = out / f'exposure_{a}_nulls.md'
             text = ('Members newly / no longer exposed at each comparison: dense -> pruned (the study), dense -> control (fine-tuning '
                     'alone, the null), control -> pruned (pruning beyond fine-tuning).\n\n' + markdown_table(cmp)

@@ -35,8 +35,9 @@ __all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATE
            'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'attacks_of_state', 'release_sparsities',
            'validate_params', 'Frozen', 'ResolvedCell', 'resolve_cell', 'resolve_params', 'cell_states', 'cell_id',
            'cell_attacks', 'CellResult', 'ModelJob', 'reference_count', 'model_params', 'matched_epochs', 'CellPlan',
-           'cell_plan', 'cell_models', 'release_params', 'model_job_record', 'model_job_done', 'release_inputs',
-           'cached_cell_attacks', 'ModelBuilder', 'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
+           'cell_plan', 'cell_models', 'release_params', 'model_job_record', 'model_job_done', 'finished_entry',
+           'release_inputs', 'cached_cell_attacks', 'ModelBuilder', 'build_model_job', 'fit_diagnostics', 'run_cell',
+           'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -458,6 +459,10 @@ def model_job_done(job: ModelJob, cache_dir) -> bool:
     cache = ArtifactCache(cache_dir)
     return rec.get('key') == job.key and cache.verify(Path(cache_dir) / rec['kind'] / rec['entry'])
 
+def finished_entry(job: ModelJob, cache_dir) -> str:
+    "The cache entry a finished job recorded (check it with `model_job_done` first)."
+    return load_json(model_job_record(job, cache_dir))['entry']
+
 def release_inputs(state: str, # a model state of the cell
                    sets: dict, # state -> what it is attacked with (`ModelSet`s, or their keys)
                    releases: dict, # sparsity -> the same, for the cell's other releases
@@ -470,11 +475,12 @@ def release_inputs(state: str, # a model state of the cell
 def cached_cell_attacks(cell: 'dict | ResolvedCell', # a cell (validated and resolved here unless it is a `ResolvedCell`)
                         cache_dir, # the artifact cache
                         victim_members: int, # the victim's training records (the epsilon's delta is 1 / this, as run_cell sets it)
+                        entries: dict | None = None, # job key -> cache entry of the finished model jobs (default: read from `cache_dir`)
                        ) -> dict:
     "State -> the attacks whose results `cache_dir` already holds for this cell (none where a model of the state is not trained yet)."
     cell = resolve_cell(cell); p, plan = cell.params, cell_plan(cell)
     jobs, cache = {j.key: j for j in plan.jobs}, ArtifactCache(cache_dir)
-    done = {k: load_json(model_job_record(j, cache_dir))['entry'] for k, j in jobs.items() if model_job_done(j, cache_dir)}
+    done = entries if entries is not None else {k: finished_entry(j, cache_dir) for k, j in jobs.items() if model_job_done(j, cache_dir)}
     K, R = p['num_shadows'], reference_count(p)
     roles = ['victim'] + [f'shadow{j}' for j in range(K)] + [f'reference{r}' for r in range(R)]
     keys = lambda by_role: tuple(done[by_role[r]] for r in roles) if all(by_role[r] in done for r in roles) else None

@@ -559,8 +559,9 @@ def epsilon_table(df: pd.DataFrame) -> pd.DataFrame:
     "Per setting, model state and attack: distinct fits' empirical epsilon (median, max and the confidence the max holds at), beside the DP accountant's."
     if 'empirical_epsilon' not in df: raise ValueError('the summary has no empirical_epsilon column (grids before this version)')
     keys = ['dataset', 'arch', 'defense', 'model_state', 'attack']
-    fit = [k for k in keys + ['seed', 'empirical_epsilon', 'empirical_epsilon_delta'] if k in df]
-    d = df.drop_duplicates(fit)  # rows that repeat one fit (a seed's dense state in each of its cells) count once
+    cell = df['cell_id'].astype(str) if 'cell_id' in df else pd.Series(df.index.astype(str), index=df.index)
+    fit = np.where(df['model_state'] == 'dense', 'seed ' + df['seed'].astype(str), cell)  # a seed's dense state is one fit in all its cells
+    d = df.assign(_fit=fit).drop_duplicates(keys + ['_fit'])
     g = d.groupby(keys, sort=False)
     t = g['empirical_epsilon'].agg(['median', 'max', 'count']).rename(columns={'median': 'empirical eps (median)', 'max': 'empirical eps (max)', 'count': 'fits'})
     t['max holds at'] = (1 - t['fits'] * EPSILON_ALPHA).clip(lower=0)
