@@ -28,14 +28,14 @@ __all__ = ['ATTACK_PATIENCE', 'ATTACK_STOPS', 'ATTACK_RECIPES', 'LOG_INPUT_FLOOR
            'TWO_RELEASE_MIN_ROWS', 'MULTI_RELEASE_MIN_OTHERS', 'ATTACKED', 'SIGNALS', 'REQUIREMENTS', 'ATTACKS',
            'CHECK_KEYS', 'synthetic_attack_data', 'gap_value', 'conf_value', 'entropy_value', 'mentr_value',
            'loss_value', 'fit_class_thresholds', 'AttackMLP', 'nn_features', 'nn_top3_features', 'nn_cls_features',
-           'SAMIA', 'samia_features', 'default_attack_epochs', 'attack_milestones', 'train_attack_model',
-           'member_probability', 'recipe_for', 'tuned_inputs', 'stratified_holdout', 'balanced_accuracy_interval',
-           'plain_train_attack_model', 'lira_valid', 'lira_scores', 'rmia_valid', 'rmia_scores', 'lsc_from_py',
-           'qmia_features', 'qmia_margin', 'qmia_min_population', 'synthetic_releases', 'synthetic_release_pair',
-           'out_reference_sd', 'ref_z', 'TwoReleaseFeatures', 'two_release_features', 'multi_release_features',
-           'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements', 'training_check',
-           'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models', 'AttackData',
-           'attack_data_for', 'balanced_in_mask', 'population_indices']
+           'SAMIA', 'samia_features', 'samia_nosens_features', 'default_attack_epochs', 'attack_milestones',
+           'train_attack_model', 'member_probability', 'recipe_for', 'tuned_inputs', 'stratified_holdout',
+           'balanced_accuracy_interval', 'plain_train_attack_model', 'lira_valid', 'lira_scores', 'rmia_valid',
+           'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population', 'synthetic_releases',
+           'synthetic_release_pair', 'out_reference_sd', 'ref_z', 'TwoReleaseFeatures', 'two_release_features',
+           'multi_release_features', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements',
+           'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models',
+           'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -180,6 +180,10 @@ def samia_features(d: AttackData) -> np.ndarray:
     "`[p ; s ; one_hot(y)]` (n, 3C); needs sensitivity."
     if d.sensitivity is None: raise ValueError('samia needs sensitivity in the AttackData (attack_data_for(..., with_sensitivity=True))')
     return np.concatenate([d.probs, d.sensitivity, _one_hot(d)], 1)
+
+def samia_nosens_features(d: AttackData) -> np.ndarray:
+    "SAMIA's input with its sensitivity tokens zeroed, `[p ; 0 ; one_hot(y)]` (n, 3C): the ablation that asks what sensitivity adds."
+    return np.concatenate([d.probs, np.zeros_like(d.probs), _one_hot(d)], 1)
 
 
 # %% ../nbs/06_attacks.ipynb #1513ecb8
@@ -856,6 +860,7 @@ class Attack:
     signals: tuple = ()  # keys of SIGNALS it reads
     requires: tuple = ()  # keys of REQUIREMENTS a cell must meet
     check: Callable | None = None  # check(name, shadow, target, options): a ValueError when these records cannot be attacked
+    ablation: bool = False  # a variant of another attack that isolates one of its inputs: run where named, never part of 'all'
 
     def __post_init__(self):
         sig = tuple(dict.fromkeys(tuple(self.signals) + (('sensitivity',) if self.needs_sensitivity else ())))
@@ -882,6 +887,8 @@ ATTACKS = Registry('attack', {a.name: a for a in [
     _attack('nn_cls', _learned_attack(nn_cls_features, lambda d, C: AttackMLP(d), lambda C: C), 'learned', 'Nasr et al. 2018', **_LEARNED),
     _attack('samia', _learned_attack(samia_features, lambda d, C: SAMIA(C), lambda C: 2 * C), 'learned', 'Yuan & Zhang 2022',
             signals=('sensitivity',), **_LEARNED),
+    _attack('samia_nosens', _learned_attack(samia_nosens_features, lambda d, C: SAMIA(C), lambda C: 2 * C), 'learned',
+            'Yuan & Zhang 2022, its sensitivity tokens zeroed (ablation)', ablation=True, **_LEARNED),
     _attack('loss', _threshold_attack(loss_value, False), 'threshold', 'Yeom et al. 2018', **_THRESHOLD),
     _attack('lira_offline', _lira(False), 'reference', 'Carlini et al. 2022', signals=('references',), requires=('out_references',),
             check=_check_lira(False), **_REFERENCE),
@@ -917,7 +924,7 @@ def resolve_attacks(names, # 'all', one name, a comma-separated string or a list
                    ) -> list[str]:
     "Attack names from 'all', one name, a comma-separated string or a list; unknown names are a ValueError."
     if isinstance(names, str):
-        names = ([n for n, a in ATTACKS.items() if releases or not a.several_releases] if names.strip().lower() == 'all'
+        names = ([n for n, a in ATTACKS.items() if (releases or not a.several_releases) and not a.ablation] if names.strip().lower() == 'all'
                  else [n.strip() for n in names.split(',') if n.strip()])
     names = list(dict.fromkeys(names or []))
     if not names: raise ValueError(f'no attack named; use "all" or some of {list(ATTACKS)}')

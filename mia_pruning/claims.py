@@ -101,9 +101,10 @@ def _grid_label(g: Path) -> str:
 def _summary(g: Path) -> pd.DataFrame:
     "summary.csv as `report.load_summary` checks it; rows of the control states are checked as pruned rows are (report knows dense and pruned only)."
     raw = read_summary_csv(g / 'summary.csv')
-    if 'model_state' not in raw or not raw['model_state'].isin(CONTROL_STATES).any(): return load_summary(g)
+    other = CONTROL_STATES + ('reseed',)  # the seed-vs-seed null's rows too: claims read dense, pruned and the control arm
+    if 'model_state' not in raw or not raw['model_state'].isin(other).any(): return load_summary(g)
     states = raw['model_state'].copy()
-    out = load_summary(raw.assign(model_state=states.mask(states.isin(CONTROL_STATES), 'pruned')))
+    out = load_summary(raw.assign(model_state=states.mask(states.isin(other), 'pruned')))
     out['model_state'] = states.to_numpy()
     return out
 

@@ -9,8 +9,8 @@ from .executors import interrupts_end_the_run, raise_if_interrupted  # light: no
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MAX_NUMBER_CHARS', 'MAX_CELLS_DEFAULT', 'DEV_ONLY', 'DEV_INSTALL', 'parse_value', 'parse_assignments', 'build_parser',
-           'cmd_grid', 'cmd_run', 'full_report', 'cmd_report', 'cmd_bench', 'main']
+__all__ = ['MAX_NUMBER_CHARS', 'MAX_CELLS_DEFAULT', 'DEV_ONLY', 'DEV_INSTALL', 'parse_value', 'parse_assignments', 'parse_part',
+           'build_parser', 'cmd_grid', 'cmd_run', 'full_report', 'cmd_report', 'cmd_bench', 'main']
 
 # %% ../nbs/11a_cli.ipynb #a5efd941
 _TRUE, _FALSE = {'true', '1', 'yes', 'y', 'on'}, {'false', '0', 'no', 'n', 'off'}
@@ -55,6 +55,18 @@ def parse_assignments(items: list[str], # 'key=value' strings
         out[k] = parse_value(k, v, defaults[k])
     return out
 
+def parse_part(items: list[str], # 'key=value[,value...]' strings (--part)
+              ) -> dict:
+    "A grid part's selection from `key=v1,v2` strings: parameter -> its values, each typed after the parameter's default."
+    out = {}
+    for it in items:
+        k, eq, vs = it.partition('=')
+        k, values = k.strip(), [v.strip() for v in vs.split(',')]
+        if not eq or not all(values): raise ValueError(f'--part expects key=value[,value...], got {it!r} (for example seed=7 or seed=7,8)')
+        if k in out: raise ValueError(f'--part names {k} twice; list its values once: {k}=a,b')
+        out[k] = [parse_assignments([f'{k}={v}'])[k] for v in values]  # each typed (and the key checked) as `mia-pruning run` does
+    return out
+
 # %% ../nbs/11a_cli.ipynb #aeac4bfc
 MAX_CELLS_DEFAULT = 100_000  # = gridspec.MAX_CELLS (not imported here: --help stays instant)
 DEV_ONLY = {'notebooks': ('nbdev', 'execnb')}  # commands that need the dev extra, and the modules they import (= docs.DEV_MODULES)
@@ -83,13 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser('grid', help='run a grid of cells (a preset or a YAML spec)',
                        description='Run every cell of a grid through the experiment notebook; complete cells are skipped.')
     g.add_argument('spec', nargs='?', metavar='SPEC.yaml', help='a YAML grid spec (name, axes, fixed, blocks)')
-    g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick, study, study_tabular, study_gpu or paper')
+    g.add_argument('--preset', metavar='NAME', help='a built-in grid: smoke, quick, study, study_tabular, study_recipe, study_gpu or paper')
     g.add_argument('--executor', choices=['local', 'dask'], default='local', help='local process pool (default) or Dask')
     g.add_argument('--scheduler', metavar='ADDR', help='Dask scheduler address (default: a LocalCluster of --workers)')
     g.add_argument('--schedule', choices=['models', 'cells'], default='models',
                    help="'models' (default): train each distinct model once, as its own task, before the cells that use it; "
                         "'cells': the first cell of each dense group trains its models while the others wait")
     g.add_argument('--dry-run', action='store_true', help='validate the spec and list its cells without running them')
+    g.add_argument('--part', action='append', default=[], metavar='KEY=V[,V]',
+                   help='run only the cells whose parameter KEY takes one of the values (e.g. --part seed=7): a grid built in parts, '
+                        'each part resumable, its cells keeping their ids; repeat for several parameters')
+    g.add_argument('--pack', action='store_true', help='once every cell is complete, pack their run folders into <out>/parts/<part>.zip '
+                   '(10h_parts): the file to commit; a later run restores it')
     execution(g)
     r = sub.add_parser('run', help='run one cell: key=value parameters (see mia_pruning.pipeline.CELL_DEFAULTS)',
                        description='Run one cell through the experiment notebook into <out>/runs/<cell id>.')
@@ -130,6 +147,8 @@ def cmd_grid(args) -> int:
     raw = load_spec(args.spec) if args.spec else args.preset
     from mia_pruning.grid import run_grid, expand_cells, merge_notes, as_spec
     spec = as_spec(raw)
+    select = parse_part(args.part)
+    if select: spec = spec.part(**select)
     if args.dry_run:
         cells = expand_cells(spec, args.max_cells)
         for c in cells: print(c.id, ' '.join(f'{k}={v}' for k, v in c.coords.items()))
@@ -138,7 +157,17 @@ def cmd_grid(args) -> int:
         from mia_pruning.estimate import describe_plan  # what it will train and fit, and how long that takes here
         print(describe_plan(spec, args.max_cells, out_dir=args.out, workers=args.workers, threads=args.threads, resume=not args.no_resume))
         return 0
-    return _finish(run_grid(spec, executor=args.executor, scheduler=args.scheduler, schedule=args.schedule, **_execution_kw(args)), args)
+    report = run_grid(spec, executor=args.executor, scheduler=args.scheduler, schedule=args.schedule, **_execution_kw(args))
+    code = _finish(report, args)
+    if args.pack:
+        if not report.ok:
+            print(f'not packed: {len(report.failed)} cell(s) of the part failed; the same command resumes it', file=sys.stderr)
+            return code
+        from mia_pruning.parts import pack_runs, part_name
+        info = pack_runs(report.out_dir, report.cell_ids, part_name(select))
+        print(f"packed {info['cells']} run folder(s) into {info['pack']}: {info['pack_bytes'] / 1e6:.1f} MB "
+              f"(the folders: {info['folder_bytes'] / 1e6:.1f} MB; {info['arrays']} distinct arrays of {info['array_members']})")
+    return code
 
 def cmd_run(args) -> int:
     from mia_pruning.grid import run_grid
@@ -168,6 +197,8 @@ def cmd_report(args) -> int:
     out = Path(args.out_dir)
     if not (out / 'runs').is_dir() and not (out / 'summary.csv').exists():
         raise ValueError(f'{str(out)!r} is not a grid output folder (no runs/ and no summary.csv)')
+    from mia_pruning.parts import restore_parts
+    if restored := restore_parts(out): print(f'restored {len(restored)} run folder(s) from {out}/parts')  # a clone: the committed parts
     if (out / 'runs').exists():
         from mia_pruning.runs import collect
         import warnings

@@ -217,19 +217,20 @@ class Plan:
         return out
 
     def state_fits(self):
-        "(cell id, resolved params, state, attacks to fit) of each attack state the grid computes: a dense state its cells share once, cached results left out."
-        from mia_pruning.pipeline import cell_models, cell_states, attacks_of_state
+        "(cell id, resolved params, state, attacks to fit) of each attack state the grid computes: a state several cells share (the dense one, a control, the reseeded victim) once, cached results left out."
+        from mia_pruning.pipeline import cell_plan, cell_states, attacks_of_state
         seen = set()
         for cid, p in self.cells:
+            plan = cell_plan(p)
             for state in cell_states(p):
-                if state == 'dense':  # one dense state serves every cell with the same dense models and attack settings
-                    k = (tuple(j.key for j in cell_models(p) if j.kind == 'dense'), tuple(attacks_of_state(p['attacks'].split(','), state)),
+                if state != 'pruned':  # an untreated or control state serves every cell with the same models and attack settings (two_release reads the dense one, also shared)
+                    k = (tuple(plan.states[state].values()), tuple(attacks_of_state(p['attacks'].split(','), state, p['null_attacks'])),
                          *(p[x] for x in ('sensitivity_m', 'sensitivity_eps', 'n_boot', 'attack_epochs', 'attack_recipe', 'attack_check',
                                           'attack_stop', 'seed', 'inference')))
                     if k in seen: continue
                     seen.add(k)
                 done = self.cached_fits.get(cid, {}).get(state, set())
-                yield cid, p, state, [n for n in attacks_of_state(p['attacks'].split(','), state) if n not in done]
+                yield cid, p, state, [n for n in attacks_of_state(p['attacks'].split(','), state, p['null_attacks']) if n not in done]
 
     def attack_fits(self) -> dict:
         "Attack fits the grid will compute (results already cached left out): per attack kind, learned attacks apart (each trains a network)."
@@ -292,7 +293,7 @@ def _attack_epochs(p: dict) -> int:
 def _state_names(p: dict, state: str) -> list[str]:
     "The attacks model state `state` of resolved cell `p` runs (read from its resolved attack list: nothing validated again)."
     from mia_pruning.pipeline import attacks_of_state
-    return attacks_of_state([n for n in p['attacks'].split(',') if n], state)
+    return attacks_of_state([n for n in p['attacks'].split(',') if n], state, p['null_attacks'])
 
 def unit_keys(plan: Plan) -> list[str]:
     "The calibration units the plan's costs need."
@@ -355,7 +356,7 @@ def model_seconds(job, units: dict) -> float:
         n = {'train': (v['train'] + v['test']) // 2, 'dev': sz['shadow']['dev'], 'test': (v['train'] + v['test']) // 2}
     else: n = sz['victim'] if job.role == 'victim' else sz['shadow']
     data = units[f"data|{q['dataset']}|{q['subsample']}|{q['seed']}|{q['data_root']}"]
-    if job.kind == 'dense': epochs, step = min(E, EARLY_STOP_EPOCHS), mu['train']
+    if job.kind in ('dense', 'reseed'): epochs, step = min(E, EARLY_STOP_EPOCHS), mu['train']
     elif 'method' not in q: epochs, step = min(max(1, E // 2), EARLY_STOP_EPOCHS), mu['train']  # a control: fine-tuning without masks
     else: epochs, step = min(max(1, E // 2), EARLY_STOP_EPOCHS), units[f"finetune|{q['arch']}|{shape}|{C}|{q['channels_last']}|{q['method']}|{q['defense']}"]
     return data + epochs * (n['train'] * step + n['dev'] * mu['infer']) + (n['train'] + n['test']) * mu['infer']
@@ -408,7 +409,7 @@ def estimate_grid(spec, # preset name, YAML path, dict or GridSpec
     for key, job in plan.models.items():
         if key in plan.cached: continue
         sec = model_seconds(job, units)
-        stages['dense models' if job.kind == 'dense' else 'pruned models' if job.kind == 'pruned' else 'control models'] += sec
+        stages['dense models' if job.kind in ('dense', 'reseed') else 'pruned models' if job.kind == 'pruned' else 'control models'] += sec
         deps[key] = (key, sec, tuple(a for a in job.after if a in plan.models and a not in plan.cached), False)
     order = sorted(deps.values(), key=lambda t: plan.models[t[0]].kind != 'dense')
     from mia_pruning.pipeline import cell_models

@@ -18,11 +18,11 @@ STATES = ("dense", "pruned")  # the model states of a run folder (as mia_pruning
 
 
 # %% auto #0
-__all__ = ['STATES', 'SETTING_KEYS', 'CELL_METRICS', 'CLASS_METRICS', 'COMPARISONS', 'per_sample_scores', 'fpr_threshold',
-           'exposure_counts', 'ExposureResult', 'exposure', 'plot_exposure_scatter', 'plot_score_change',
-           'plot_class_exposure', 'plot_newly_exposed', 'most_exposed', 'plot_exposed_images', 'exposure_comparisons',
-           'exposure_beyond_null', 'stored_attacks', 'default_exposure_attacks', 'exposure_table', 'markdown_table',
-           'write_exposure_report']
+__all__ = ['STATES', 'SETTING_KEYS', 'CELL_METRICS', 'CLASS_METRICS', 'COMPARISONS', 'NULLS', 'per_sample_scores',
+           'fpr_threshold', 'exposure_counts', 'ExposureResult', 'exposure', 'plot_exposure_scatter',
+           'plot_score_change', 'plot_class_exposure', 'plot_newly_exposed', 'most_exposed', 'plot_exposed_images',
+           'exposure_comparisons', 'exposure_beyond_null', 'stored_attacks', 'default_exposure_attacks',
+           'exposure_table', 'markdown_table', 'write_exposure_report']
 
 # %% ../nbs/09a_exposure.ipynb #63337874
 SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'adaptive')  # what a setting is (besides any other varying parameter)
@@ -535,7 +535,8 @@ def plot_exposed_images(res: ExposureResult, # the result of `exposure`
 
 
 # %% ../nbs/09a_exposure.ipynb #6fde3d66
-COMPARISONS = (('dense', 'pruned'), ('dense', 'control'), ('dense', 'control_matched'), ('control', 'pruned'))  # before -> after
+COMPARISONS = (('dense', 'pruned'), ('dense', 'control'), ('dense', 'control_matched'), ('control', 'pruned'), ('dense', 'reseed'))  # before -> after
+NULLS = ('control', 'control_matched', 'reseed')  # what retraining alone moves: fine-tuning (plain, matched), or a second training seed
 
 def _comparison_results(grid_dir, attack, comparisons, fpr, n_boot, level=0.95) -> dict:
     "(before, after) -> `ExposureResult` for each comparison whose two states some complete run holds."
@@ -567,10 +568,11 @@ def _comparisons_table(res: dict, comparisons) -> pd.DataFrame:
 
 def exposure_beyond_null(grid_dir, # a grid output folder holding runs/
                          attack: str, # the attack
-                         null: str = 'control', # the null state: 'control' or 'control_matched'
+                         null: str = 'control', # the null state: 'control', 'control_matched' or 'reseed' (a second dense victim, another training seed)
                          fpr: float = 0.01, level: float = 0.95, # as `exposure`
                         ) -> pd.DataFrame:
     "Per setting: members newly exposed dense -> pruned minus dense -> `null`, paired per seed (cell), mean and t-interval over seeds."
+    if null not in NULLS: raise ValueError(f'null must be one of {NULLS}, got {null!r}')
     res = _comparison_results(grid_dir, attack, [('dense', 'pruned'), ('dense', null)], fpr, 0, level)
     if len(res) < 2: raise ValueError(f'no run under {str(grid_dir)!r} holds the dense, pruned and {null} states for attack {attack!r}')
     return _beyond_null_table(res[('dense', 'pruned')], res[('dense', null)], null, level)
@@ -670,12 +672,13 @@ def write_exposure_report(grid_dir, # a grid output folder holding runs/
         md = markdown_table(exposure_table(res)).encode()
         atomic_write(w['table'], lambda f: f.write(md + b'\n'))
         found = {('dense', 'pruned'): res} | _comparison_results(grid_dir, a, COMPARISONS[1:], fpr, n_boot)
-        if len(found) > 1:  # the control arm ran: the same analysis against fine-tuning alone
+        if len(found) > 1:  # the control arm or the reseeded victim ran: the same analysis against retraining alone
             cmp = _comparisons_table(found, COMPARISONS)
-            beyond = [_beyond_null_table(res, found[('dense', s)], s) for s in ('control', 'control_matched') if ('dense', s) in found]
+            beyond = [_beyond_null_table(res, found[('dense', s)], s) for s in NULLS if ('dense', s) in found]
             w['nulls'] = out / f'exposure_{a}_nulls.md'
             text = ('Members newly / no longer exposed at each comparison: dense -> pruned (the study), dense -> control (fine-tuning '
-                    'alone, the null), control -> pruned (pruning beyond fine-tuning).\n\n' + markdown_table(cmp)
+                    'alone, the null), control -> pruned (pruning beyond fine-tuning), dense -> reseed (a second dense victim trained '
+                    'on the same members from another seed: what retraining alone reshuffles).\n\n' + markdown_table(cmp)
                     + ('\n\nNewly exposed by pruning minus newly exposed by the null, paired per seed (t-interval over seeds):\n\n'
                        + markdown_table(pd.concat(beyond, ignore_index=True)) if beyond else '')).encode()
             atomic_write(w['nulls'], lambda f: f.write(text + b'\n'))

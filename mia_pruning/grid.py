@@ -11,6 +11,7 @@ from .core import save_json, load_json, default_out_dir, default_cache_dir, conf
 from .gridspec import (SPEC_KEYS, GRID_NAME_RE, MAX_CELLS, STUDY_METHODS, PRESETS, check_grid_name, GridSpec, load_spec,
                        as_spec, Cell, expand_cells, merge_notes, check_max_cells, pipeline_module)
 from .gridlock import GridLockedError, GridLock
+from .parts import restore_parts
 import mia_pruning.runs as _runs  # the run-folder helpers that are not re-exported (`stored_attacks`)
 from .runs import (SUMMARY_COLUMNS, RECORD, STAGING, collect, is_complete, run_problem, verify_run, finish_run, stage_dir,
                    recover_swaps, clear_folder, plain_folder, plain_file, spec_cells)
@@ -120,6 +121,7 @@ class GridReport:
     models: dict = field(default_factory=dict)       # model task key -> what it did (built or found, seconds) or its error
     stages: dict = field(default_factory=dict)       # where the time went (see `grid_stages`)
     schedule: str = 'models'
+    restored: list = field(default_factory=list)     # cells whose run folders came from the folder's committed parts (parts/*.zip)
 
     def stage_summary(self) -> str: return stage_summary(self.stages)
 
@@ -135,7 +137,7 @@ class GridReport:
         if self.not_in_spec: s += f'\n  {len(self.not_in_spec)} complete run(s) not in this spec, left out of summary.csv'
         return s
 
-GRID_MARKERS = ('grid.json', 'runs', 'summary.csv', '.lock')  # what a grid writes in its output folder first
+GRID_MARKERS = ('grid.json', 'runs', 'summary.csv', '.lock', 'parts')  # what a grid writes in its output folder first (parts: a clone of one built in parts)
 
 def is_grid_folder(path) -> bool:
     "Whether `path` is a grid's output folder (it holds what a grid writes first: grid.json, runs/, summary.csv or its lock)."
@@ -385,6 +387,7 @@ def run_grid(spec, # preset name, YAML path, dict or GridSpec
     with GridLock(out_dir), contextlib.closing(client) if client else contextlib.nullcontext(), interrupts_end_the_run():
         runs.mkdir(parents=True, exist_ok=True)
         recover_swaps(runs); clear_folder(runs / STAGING)  # what an interrupted run left half done
+        report.restored = restore_parts(out_dir)  # committed parts (10h_parts): their cells are complete, not run again
         keep, todo = _sort_cells(cells, runs, resume)
         _refuse_other_data(spec.name, keep, runs)
         report.skipped = [c.id for c in keep]

@@ -22,7 +22,7 @@ from .defenses import DEFENSES, make_defense
 from .pruned import pruned_model, control_model
 from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, ATTACK_STOPS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
-from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed
+from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed, reseed_seed
 from .divergence import divergence_summary
 from .runs import RECORD, finish_run, is_complete, write_run_folder, join_states, portable_paths
 from .states import ModelSet, AttackSettings, state_attacks, cached_attacks
@@ -30,14 +30,14 @@ from .plugins import PLUGIN_PARAMS, is_plugin, canonical_spec, pin_spec, short_n
 
 
 # %% auto #0
-__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATES', 'ALL_STATES', 'INFERENCE_MODES',
-           'LIRA_ONLINE_MIN_REFERENCES', 'CELL_REQUIREMENTS', 'PARAM_RANGES', 'ADDED_LATER', 'ID_ALL',
-           'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks', 'attacks_of_state', 'release_sparsities',
-           'validate_params', 'Frozen', 'ResolvedCell', 'resolve_cell', 'resolve_params', 'cell_states', 'cell_id',
-           'cell_attacks', 'CellResult', 'ModelJob', 'reference_count', 'model_params', 'matched_epochs', 'CellPlan',
-           'cell_plan', 'cell_models', 'release_params', 'model_job_record', 'model_job_done', 'finished_entry',
-           'release_inputs', 'cached_cell_attacks', 'ModelBuilder', 'build_model_job', 'fit_diagnostics', 'run_cell',
-           'write_run']
+__all__ = ['CELL_DEFAULTS', 'NON_SEMANTIC', 'STATES', 'CONTROLS', 'CONTROL_STATES', 'NULL_STATES', 'UNTREATED_STATES',
+           'ALL_STATES', 'BASELINE_STATES', 'INFERENCE_MODES', 'LIRA_ONLINE_MIN_REFERENCES', 'CELL_REQUIREMENTS',
+           'PARAM_RANGES', 'ADDED_LATER', 'ID_ALL', 'DENSE_MODEL_KEYS', 'MODEL_JOB_KINDS', 'effective_attacks',
+           'attacks_of_state', 'release_sparsities', 'validate_params', 'Frozen', 'ResolvedCell', 'resolve_cell',
+           'resolve_params', 'cell_states', 'cell_id', 'cell_attacks', 'CellResult', 'ModelJob', 'reference_count',
+           'model_params', 'matched_epochs', 'CellPlan', 'cell_plan', 'cell_models', 'release_params',
+           'model_job_record', 'model_job_done', 'finished_entry', 'release_inputs', 'cached_cell_attacks',
+           'ModelBuilder', 'build_model_job', 'fit_diagnostics', 'run_cell', 'write_run']
 
 # %% ../nbs/10_pipeline.ipynb #492701aa
 CELL_DEFAULTS = dict(
@@ -59,6 +59,8 @@ CELL_DEFAULTS = dict(
     defense_param=-1.0,          # the defense's strength (-1 = its default)
     adaptive=False,              # shadows fine-tuned with the same defense (adaptive adversary)
     releases='',                 # other sparsities of the victim's method also shipped ('' = none; e.g. '0.5,0.9'): the multi-release adversary queries every release
+    reseed=False,                # also attack a second dense victim trained on the same members from another training seed (seed + 1000): the seed-vs-seed null of exposure
+    null_attacks='',             # the attacks of the control and reseed states ('' = every attack of `attacks`): a subset keeps the nulls to what their comparisons read
     control='none',              # the control arm (the dense models fine-tuned, not pruned): 'none', 'finetune' (the pruned arm's recipe), 'matched' (as many epochs as the pruned twin's released weights saw) or 'both'
     attacks='all',               # comma-separated attack names, or 'all'
     attack_epochs=0,             # epochs of the learned attacks (0 = the study's 100; 3 under IN_TEST)
@@ -80,7 +82,10 @@ NON_SEMANTIC = ('data_root', 'device', 'threads', 'cache_dir')
 STATES = ('dense', 'pruned')  # the model states of every cell
 CONTROLS = ('none', 'finetune', 'matched', 'both')
 CONTROL_STATES = {'none': (), 'finetune': ('control',), 'matched': ('control_matched',), 'both': ('control', 'control_matched')}
-ALL_STATES = STATES + CONTROL_STATES['both']  # a cell's model states: STATES, then those of its `control`
+NULL_STATES = ('reseed',)  # the seed-vs-seed null (`reseed`): a second dense victim, attacked with the dense shadows
+UNTREATED_STATES = ('dense',) + NULL_STATES  # states that are no release of a treatment: attacks reading the dense release skip them
+ALL_STATES = STATES + CONTROL_STATES['both'] + NULL_STATES  # a cell's model states: STATES, those of its `control`, then `reseed`'s
+BASELINE_STATES = CONTROL_STATES['both'] + NULL_STATES  # the states pruning is compared with beyond the dense one: `null_attacks` limits their attacks
 INFERENCE_MODES = ('fast', 'plain')  # how features query a model (see 05_features: `inference_model`)
 
 # %% ../nbs/10_pipeline.ipynb #be9f7aaa
@@ -134,12 +139,14 @@ def effective_attacks(p: dict) -> tuple[list[str], dict]:
     return run, skipped
 
 def attacks_of_state(names, # the attacks a cell runs (`ResolvedCell.attacks`)
-                  state: str, # a model state: 'dense', 'pruned', 'control' or 'control_matched'
+                  state: str, # a model state: 'dense', 'pruned', 'control', 'control_matched' or 'reseed'
+                  null_attacks: str = '', # the cell's `null_attacks` (resolved): the attacks of the control and reseed states ('' = all)
                  ) -> list[str]:
-    "The attacks one model state runs: an attack reading the other release runs on every treated state, one reading every release on the pruned one."
+    "The attacks one model state runs: an attack reading the other release runs on every treated state, one reading every release on the pruned one; the baseline states only `null_attacks`."
+    only = set(null_attacks.split(',')) if null_attacks and state in BASELINE_STATES else None
     def runs_on(n):
         sig = ATTACKS[n].signals
-        return not ('other_release' in sig and state == 'dense' or 'other_releases' in sig and state != 'pruned')
+        return (only is None or n in only) and not ('other_release' in sig and state in UNTREATED_STATES or 'other_releases' in sig and state != 'pruned')
     return [n for n in names if runs_on(n)]
 
 def release_sparsities(p: dict) -> list[float]:
@@ -235,12 +242,15 @@ def _resolve(p: dict, names: list) -> dict:
              shadow_sparsity=p['sparsity'] if p['shadow_sparsity'] == -1 else p['shadow_sparsity'],
              defense_param=float(_make_defense(p).param) if p['defense'] != 'none' else -1.0,
              adaptive=p['adaptive'] and p['defense'] != 'none',  # an adaptive adversary of an undefended victim is the plain one
-             attacks=','.join([n for n in ATTACKS if n in names] + [pin_spec(n) for n in names if is_plugin(n)]))  # registry order, then plug-ins as given
+             attacks=','.join([n for n in ATTACKS if n in names] + [pin_spec(n) for n in names if is_plugin(n)]),  # registry order, then plug-ins as given
+             null_attacks=','.join([n for n in ATTACKS if n in _attack_names(p['null_attacks'])]
+                                   + [pin_spec(n) for n in _attack_names(p['null_attacks']) if is_plugin(n)]))  # one spelling, as attacks
     for k in PLUGIN_PARAMS: p[k] = pin_spec(p[k])  # a plug-in's name carries its source hash into every key made from it
     return p
 
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
-ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none', 'releases': '', 'attack_stop': 'epochs'}
+ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none', 'releases': '', 'attack_stop': 'epochs', 'reseed': False,
+               'null_attacks': ''}
 # what attacks='all' stands for in a cell id: the registry as it was when ids were defined. An attack added to the registry
 # later joins every 'all' cell's run (computed alone: see 10g_states) but not its id, so existing cells keep their ids.
 ID_ALL = ('gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'nn', 'nn_top3', 'nn_cls', 'samia', 'loss', 'lira_offline',
@@ -275,7 +285,7 @@ class ResolvedCell:
 
     @property
     def states(self) -> tuple: return cell_states(self.params)
-    def state_attacks(self, state: str) -> list[str]: return attacks_of_state(self.attacks, state)
+    def state_attacks(self, state: str) -> list[str]: return attacks_of_state(self.attacks, state, self.params['null_attacks'])
     def attacks_by_state(self) -> dict: return {s: self.state_attacks(s) for s in self.states}
 
     def with_runtime(self, **kw) -> 'ResolvedCell':
@@ -294,16 +304,28 @@ def resolve_cell(params: 'dict | ResolvedCell') -> ResolvedCell:
     if isinstance(params, ResolvedCell): return params
     given = _validate(dict(params))
     names, skipped = effective_attacks(given)
+    _check_null_attacks(given, names)
     p = _resolve(given, names)
     return ResolvedCell(Frozen(given), Frozen(p), tuple(p['attacks'].split(',')), Frozen(skipped), _cell_id(given, p))  # attacks in resolved order
+
+def _check_null_attacks(p: dict, names: list):
+    "`null_attacks` names only attacks the cell runs, and only where it has a control or reseed state to limit (ValueError otherwise)."
+    null = _attack_names(p['null_attacks'])
+    if not any(null): return
+    if p['control'] == 'none' and not p['reseed']:
+        raise ValueError(f"null_attacks={p['null_attacks']!r} limits the attacks of the control and reseed states, which this cell does not "
+                         "have (control='none', reseed=False): set control or reseed, or leave null_attacks empty")
+    if bad := [n for n in null if n not in names]:
+        raise ValueError(f"null_attacks names {bad}, which the cell does not run (its attacks: {','.join(names)}); "
+                         'null_attacks must be a subset of attacks')
 
 def resolve_params(params: dict) -> dict:
     "Validated `params` with every placeholder written out: the parameters that determine a cell's results."
     return dict(resolve_cell(params).params)
 
 def cell_states(p: dict) -> tuple:
-    "The model states a (validated) cell attacks: dense, pruned, and its control arm's."
-    return STATES + CONTROL_STATES[p['control']]
+    "The model states a (validated) cell attacks: dense, pruned, its control arm's, and the seed-vs-seed null's (`reseed`)."
+    return STATES + CONTROL_STATES[p['control']] + (NULL_STATES if p['reseed'] else ())
 
 def cell_id(params: dict) -> str:
     "A stable id of a cell: readable prefix + hash of its resolved parameters (placeholders written out)."
@@ -336,7 +358,7 @@ def _key(info_or_record) -> str:
 # %% ../nbs/10_pipeline.ipynb #b9385d59
 # what a dense model depends on (the splits depend on num_shadows); a reference model also on num_references (its IN/OUT design)
 DENSE_MODEL_KEYS = ('dataset', 'data_root', 'subsample', 'arch', 'seed', 'num_shadows', 'epochs', 'channels_last')
-MODEL_JOB_KINDS = ('dense', 'pruned', 'control', 'control_matched')  # a job per model; a control's kind is its state
+MODEL_JOB_KINDS = ('dense', 'pruned', 'control', 'control_matched', 'reseed')  # a job per model; a control's kind is its state, the null's 'reseed'
 
 @dataclass
 class ModelJob:
@@ -378,6 +400,9 @@ def model_params(p: dict, # resolved cell parameters (`resolve_params`)
                  structured_bn=p['structured_bn'], defense=p['defense'] if defended else 'none',
                  defense_param=p['defense_param'] if defended else -1.0)
     elif kind == 'control': q.update(defense=p['defense'] if defended else 'none', defense_param=p['defense_param'] if defended else -1.0)
+    elif kind == 'reseed':
+        if role != 'victim': raise ValueError(f"only the victim has a reseeded twin (the adversary keeps its dense shadows), got role {role!r}")
+        q['train_seed'] = reseed_seed(p['seed'])  # what it differs in: the training seed
     return q
 
 def _dense_call(q, role, ds, split, cfg, cache, device, progress) -> dict:
@@ -427,6 +452,10 @@ def cell_plan(cell: 'dict | ResolvedCell') -> CellPlan:
     pruned = {r: ModelJob(_job_key('pruned', r, q := model_params(p, r, 'pruned')), 'pruned', r, q, (dense[r].key,)) for r in _pruned_roles(p)}
     controls = {k: {r: ModelJob(_job_key(k, r, q := model_params(p, r, k)), k, r, q, (dense[r].key,) + ((pruned[r].key,) if k == 'control_matched' else ()))
                     for r in _pruned_roles(p)} for k in CONTROL_STATES[p['control']]}
+    nulls = {}
+    if p['reseed']:  # the seed-vs-seed null: the victim retrained from another seed; the adversary's shadows stay the dense ones
+        rs = ModelJob(_job_key('reseed', 'victim', q := model_params(p, 'victim', 'reseed')), 'reseed', 'victim', q)
+        nulls['reseed'] = {r: (rs if r == 'victim' else dense[r]).key for r in roles}
     releases = {}  # the other releases: the same models the cells at those sparsities train
     for s in release_sparsities(p):
         releases[s] = {r: ModelJob(_job_key('pruned', r, q := model_params(release_params(p, s), r, 'pruned')), 'pruned', r, q, (dense[r].key,))
@@ -434,8 +463,9 @@ def cell_plan(cell: 'dict | ResolvedCell') -> CellPlan:
     treated = lambda jobs: {r: (jobs.get(r) or dense[r]).key for r in roles}  # roles without a treated model (dense_shadows) use the dense one
     others = {j.key: j for rel in releases.values() for j in rel.values()}
     jobs = list(dense.values()) + list(pruned.values()) + list(others.values()) + [j for c in controls.values() for j in c.values()]
-    return CellPlan(tuple(jobs), {'dense': {r: j.key for r, j in dense.items()}, 'pruned': treated(pruned), **{k: treated(c) for k, c in controls.items()}},
-                    {s: treated(rel) for s, rel in releases.items()})
+    jobs += [rs] if p['reseed'] else []
+    return CellPlan(tuple(jobs), {'dense': {r: j.key for r, j in dense.items()}, 'pruned': treated(pruned), **{k: treated(c) for k, c in controls.items()},
+                                  **nulls}, {s: treated(rel) for s, rel in releases.items()})
 
 def cell_models(params: 'dict | ResolvedCell', # a cell (validated and resolved here unless it is a `ResolvedCell`)
                ) -> list[ModelJob]:
@@ -531,6 +561,12 @@ class ModelBuilder:
         if job.kind not in MODEL_JOB_KINDS: raise ValueError(f'model job kind must be one of {MODEL_JOB_KINDS}, got {job.kind!r}')
         if job.key in self.got: return self.got[job.key]
         q, role = job.params, job.role
+        if job.kind == 'reseed':  # the dense recipe on the victim's own split, from another training seed
+            ds, cfg, _ = self.data(q)
+            seed_everything(q['train_seed'])
+            self.got[job.key] = train_cached(**_dense_call(q, role, ds, self.split(q, role), cfg, self.cache, self.device, self.progress)
+                                             | {'seed': q['train_seed']})
+            return self.got[job.key]
         dense = self.dense(q, role)
         if job.kind == 'dense': return dense
         ds, cfg, _ = self.data(q)
@@ -547,7 +583,7 @@ class ModelBuilder:
 
 def _entry(kind: str, record: dict) -> tuple:
     "(cache kind, entry name) of a built model's record or info."
-    return ('dense_model', record['key']) if kind == 'dense' else ('control_model' if kind.startswith('control') else 'pruned_model', Path(record['cache_entry']).name)
+    return ('dense_model', record['key']) if kind in ('dense', 'reseed') else ('control_model' if kind.startswith('control') else 'pruned_model', Path(record['cache_entry']).name)
 
 def build_model_job(job: ModelJob, # from `cell_models`
                     cache_dir: str | Path, # the artifact cache the cells use
@@ -630,6 +666,11 @@ def run_cell(progress: bool = True, # progress bars
     base.update(cell_id=cell.id, defense_param=p['defense_param'] if p['defense'] != 'none' else float('nan'))
     acc['dense']['epsilon'], acc['pruned']['epsilon'] = float('nan'), pv_info.get('epsilon', float('nan'))  # the DP accountant's
     for k in controls: acc[k]['epsilon'] = info[k].get('epsilon', float('nan'))
+    if p['reseed']:  # the null's victim: fit as the dense one is measured
+        rr = info['reseed']
+        acc['reseed'] = fit_diagnostics(accuracy(states['reseed'].target, ds, sp.victim.train), accuracy(states['reseed'].target, ds, sp.victim.test),
+                                        rr['history'], rr['best_epoch'], cfg.epochs, cfg.patience) | {'measured_sparsity': 0.0, 'epsilon': float('nan')}
+        timings['reseed'] = kinds.get('reseed', 0.0)
     metrics, rows, arrays, divergence, attack_states = {}, [], {}, {}, {}
     settings = AttackSettings.from_params(p)
     for state in cell.states:
@@ -660,6 +701,8 @@ def run_cell(progress: bool = True, # progress bars
             'split_sizes': {'victim': sp.victim.sizes(), 'shadows': [s.sizes() for s in sp.shadows]},
             'pruned_victim': {k: v for k, v in pv_info.items() if k not in ('history',)}, 'cell_id': cell.id,
             **{f'{k}_victim': {n: v for n, v in info[k].items() if n not in ('history', 'report')} for k in controls},
+            **({'reseed_victim': {'key': info['reseed']['key'], 'train_seed': reseed_seed(p['seed']), 'best_epoch': info['reseed']['best_epoch'],
+                                  'best_dev_acc': info['reseed']['best_dev_acc']}} if p['reseed'] else {}),
             'resolved_params': dict(p)}
     if plugins := plugin_identity(p): prov['plugins'] = plugins  # each plug-in's spec and source hash
     result = CellResult(dict(cell.given), metrics, rows, arrays, prov, divergence)

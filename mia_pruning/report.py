@@ -23,7 +23,7 @@ __all__ = ['REQUIRED_COLUMNS', 'MODEL_STATES', 'BASELINES', 'METRIC_LABELS', 'NU
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
-MODEL_STATES = ('dense', 'pruned', 'control', 'control_matched')  # = pipeline.ALL_STATES (not imported: a report needs no torch)
+MODEL_STATES = ('dense', 'pruned', 'control', 'control_matched', 'reseed')  # = pipeline.ALL_STATES (not imported: a report needs no torch)
 BASELINES = ['gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'nn', 'nn_top3', 'nn_cls']  # the study's eight
 METRIC_LABELS = {'attack_acc': 'attack accuracy', 'auc': 'AUC', 'tpr_at_1pct_fpr': 'TPR @ 1% FPR',
                  'tpr_at_0_1pct_fpr': 'TPR @ 0.1% FPR', 'best_acc': 'best-threshold accuracy (optimistic)'}

@@ -9,14 +9,16 @@ from .data import Split
 
 
 # %% auto #0
-__all__ = ['SHADOW_SEED_OFFSET', 'REFERENCE_SEED_OFFSET', 'IN_MASK_SEED_OFFSET', 'shadow_seed', 'reference_seed', 'in_mask_seed',
-           'role_seed', 'balanced_in_mask', 'check_num_references', 'candidate_splits', 'reference_candidates',
-           'reference_splits', 'population_indices', 'shadow_record_index', 'shadow_ref_in', 'victim_ref_in']
+__all__ = ['SHADOW_SEED_OFFSET', 'REFERENCE_SEED_OFFSET', 'IN_MASK_SEED_OFFSET', 'RESEED_SEED_OFFSET', 'shadow_seed',
+           'reference_seed', 'in_mask_seed', 'reseed_seed', 'role_seed', 'balanced_in_mask', 'check_num_references',
+           'candidate_splits', 'reference_candidates', 'reference_splits', 'population_indices', 'shadow_record_index',
+           'shadow_ref_in', 'victim_ref_in']
 
 # %% ../nbs/05a_threat.ipynb #18c89ccd
 SHADOW_SEED_OFFSET = 1  # shadow k trains with seed + 1 + k
 REFERENCE_SEED_OFFSET = 101  # reference model r trains with seed + 101 + r
 IN_MASK_SEED_OFFSET = 10_007  # the reference models' IN/OUT assignment is drawn with seed + 10_007
+RESEED_SEED_OFFSET = 1_000  # the seed-vs-seed null's second dense victim trains with seed + 1_000 (on the victim's own members)
 
 def shadow_seed(seed: int, k: int) -> int:
     "Training seed of shadow model `k`."
@@ -29,6 +31,10 @@ def reference_seed(seed: int, r: int) -> int:
 def in_mask_seed(seed: int) -> int:
     "Seed of the reference models' balanced IN/OUT assignment."
     return int(seed) + IN_MASK_SEED_OFFSET
+
+def reseed_seed(seed: int) -> int:
+    "Training seed of the second dense victim (the seed-vs-seed null): the same members and recipe as the victim, another initialisation and data order."
+    return int(seed) + RESEED_SEED_OFFSET
 
 def role_seed(seed: int, role: str) -> int:
     "Training seed of a role: 'victim' (the seed itself), 'shadow{k}' or 'reference{r}'."

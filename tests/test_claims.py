@@ -152,11 +152,14 @@ def test_recorded_paths_are_relative(up, tmp_path):
 def test_committed_study_tables_recompute_byte_for_byte(tmp_path):
     "The committed claims tables are what the code computes from the committed summary.csv."
     root = Path(__file__).resolve().parents[1]
+    from mia_pruning.parts import restore_parts
     for grid in ('study', 'quick', 'study_tabular'):
         src = root / 'outputs' / grid
         g = tmp_path / 'outputs' / grid
         g.mkdir(parents=True); shutil.copy(src / 'summary.csv', g / 'summary.csv')
         if (src / 'runs').is_dir(): shutil.copytree(src / 'runs', g / 'runs')  # committed run folders: per-sample scores
+        if (src / 'parts').is_dir():  # committed parts (10h_parts): the run folders, restored byte for byte
+            shutil.copytree(src / 'parts', g / 'parts'); assert restore_parts(g)
         for p in C.write_claims_tables(g):
             assert p.read_bytes() == (C.claims_dir(src) / p.name).read_bytes(), f'{grid}: {p.name} differs'
 

@@ -158,6 +158,24 @@ def test_grid_exit_codes_and_report(tmp_path, capsys, stub):
     assert code == 0 and '0 ran, 1 skipped, 0 failed' in text and 'report:' not in text
 
 
+def test_grid_part_is_packed_and_a_clone_reports_from_the_pack(tmp_path, capsys, stub):
+    "--part runs a part, --pack writes it to <out>/parts/<part>.zip once complete; `report` on a clone restores the run folders from it."
+    spec = tmp_path / 'mine.yaml'
+    spec.write_text('axes: {seed: [7, 8]}\nfixed: {dataset: digits, arch: mlp}\n')
+    out = tmp_path / 'o'
+    code, text, err = run(['grid', str(spec), '--out', str(out), '--workers', '1', '--no-progress', '--no-report', '--part', 'seed=7', '--pack'], capsys)
+    assert code == 0, err
+    assert '1 ran, 0 skipped, 0 failed' in text and f'packed 1 run folder(s) into {out / "parts" / "seed-7.zip"}' in text
+    clone = tmp_path / 'clone'
+    (clone / 'parts').mkdir(parents=True)
+    shutil.copy(out / 'parts' / 'seed-7.zip', clone / 'parts'); shutil.copy(out / 'summary.csv', clone)
+    code, text, err = run(['report', str(clone)], capsys)
+    assert code == 0 and 'restored 1 run folder(s)' in text and 'summary.csv: ' in text and 'from 1 complete run(s)' in text
+    spec.write_text('axes: {seed: [7, 13]}\nfixed: {dataset: digits, arch: mlp}\n')  # the stub fails seed 13: no pack of an unfinished part
+    code, text, err = run(['grid', str(spec), '--out', str(tmp_path / 'o2'), '--workers', '1', '--no-progress', '--no-report', '--pack'], capsys)
+    assert code == 1 and 'not packed: 1 cell(s) of the part failed' in err and not (tmp_path / 'o2' / 'parts').exists()
+
+
 def test_run_one_cell(tmp_path, capsys, stub, monkeypatch):
     monkeypatch.setenv('MIA_PRUNING_OUTPUTS', str(tmp_path / 'outputs'))
     code, text, err = run(['run', 'dataset=digits', 'arch=cnn', 'sparsity=0.8', 'prune_method=slimming', '--no-progress'], capsys)

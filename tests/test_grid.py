@@ -102,7 +102,7 @@ def stub(tmp_path, monkeypatch):
     ({'name': 'g', 'fixed': BASE, 'grid': {}}, "unknown grid spec key(s) ['grid']"),
     ({'name': 'g', 'fixed': BASE, 'blocks': [{'axis': {}}]}, 'blocks[0] must be a mapping with keys axes and/or fixed'),
     ({'name': 'g', 'fixed': BASE, 'blocks': [{'fixed': {'sparsity': 2.0}}]}, 'sparsity'),
-    ('no_such_preset', 'presets: smoke, quick, study, study_tabular, study_gpu, paper'),
+    ('no_such_preset', 'presets: smoke, quick, study, study_tabular, study_recipe, study_gpu, paper'),
 ])
 def test_bad_specs_fail_before_anything_runs(spec, msg, tmp_path, stub):
     with pytest.raises(ValueError) as e: G.expand_cells(spec)
