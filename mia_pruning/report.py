@@ -177,7 +177,7 @@ def resolvable_tpr(df: pd.DataFrame, required: bool = True) -> str | None:
 
 # the families of the headline figure: a reader compares the strongest of each, not thirteen lines
 FAMILIES = {'threshold': ['gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'loss'],
-            'learned': ['nn', 'nn_top3', 'nn_cls', 'samia'],
+            'learned': ['nn', 'nn_top3', 'nn_cls', 'samia', 'samia_nosens'],
             'reference-model': ['lira_offline', 'lira_online', 'rmia']}
 
 def strongest_per_family(df: pd.DataFrame, metric: str = 'auc') -> dict:

@@ -28,8 +28,10 @@ def _auc(res, name): return res[name].metrics['auc']
 
 
 def test_registry_and_names():
-    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'loss'] + REFERENCE + ['qmia', 'two_release', 'multi_release']
-    assert resolve_attacks('all') == list(ATTACKS)[:-1] and resolve_attacks('all', releases=True) == list(ATTACKS)  # several releases: only where a cell has them
+    assert list(ATTACKS) == THRESHOLD[:5] + LEARNED[:3] + ['samia', 'samia_nosens', 'loss'] + REFERENCE + ['qmia', 'two_release', 'multi_release']
+    plain = [n for n in ATTACKS if n != 'samia_nosens']  # an ablation runs only where named, never in 'all'
+    assert resolve_attacks('all') == plain[:-1] and resolve_attacks('all', releases=True) == plain  # several releases: only where a cell has them
+    assert [n for n, a in ATTACKS.items() if a.ablation] == ['samia_nosens'] and resolve_attacks('samia_nosens') == ['samia_nosens']
     assert resolve_attacks(' conf,gap ,conf') == ['conf', 'gap']
     with pytest.raises(ValueError, match="known attacks: \\['gap'"): resolve_attacks(['conf', 'lira'])
     assert ATTACKS['samia'].needs_sensitivity and not ATTACKS['nn'].needs_sensitivity
