@@ -16,12 +16,13 @@ from .runs import StateArrays, read_scores, check_paired, save_scores, join_stat
 from .report import read_summary_csv, load_summary, not_learned, standard_adversary, md_table, attack_order, FAMILIES
 
 # %% auto #0
-__all__ = ['SETTING_KEYS', 'EXTRA_KEYS', 'DEFENSE_KEYS', 'TWO_MODEL_ATTACKS', 'TABLES', 'CONTROL_STATES', 'REGIME_DROP', 'MARGIN',
-           'PRIMARY', 'GAP_QUANTITIES', 'SAMIA_AGAINST', 'ACC_BUDGET', 'ACC_TOLERANCE', 'COMPONENTS', 'CLAIMS',
-           'cell_table', 'identical_attacks', 'attacks_of', 'ClaimData', 'make_synthetic_grid', 'primary_attacks',
-           'regime', 'risk_table', 'class_heterogeneity', 'gap_tables', 'samia_table', 'accuracy_label', 'ppb_table',
-           'matched_table', 'decomposition_table', 'overall_verdict', 'verdict_table', 'claim_tables', 'claims_dir',
-           'claims_markdown', 'write_claims_tables', 'load_claims', 'claims_across', 'write_claims_across']
+__all__ = ['SETTING_KEYS', 'EXTRA_KEYS', 'DEFENSE_KEYS', 'TWO_MODEL_ATTACKS', 'TABLES', 'CONTROL_STATES', 'BASELINE_STATES',
+           'REGIME_DROP', 'MARGIN', 'PRIMARY', 'GAP_QUANTITIES', 'SAMIA_AGAINST', 'ACC_BUDGET', 'ACC_TOLERANCE',
+           'COMPONENTS', 'CLAIMS', 'cell_table', 'identical_attacks', 'attacks_of', 'ClaimData', 'make_synthetic_grid',
+           'primary_attacks', 'regime', 'risk_table', 'class_heterogeneity', 'gap_tables', 'samia_table',
+           'accuracy_label', 'ppb_table', 'matched_table', 'decomposition_table', 'overall_verdict', 'verdict_table',
+           'claim_tables', 'claims_dir', 'claims_markdown', 'write_claims_tables', 'load_claims', 'claims_across',
+           'write_claims_across']
 
 # %% ../nbs/12a_claims.ipynb #73804089
 SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity')  # one victim recipe; its cells differ by seed
@@ -30,6 +31,7 @@ DEFENSE_KEYS = ('defense', 'defense_param', 'adaptive')
 TWO_MODEL_ATTACKS = ('two_release', 'multi_release')  # query the dense and the pruned victim (and more releases): not single-model attacks, left out of every claim
 TABLES = ('verdicts', 'risk', 'gaps', 'gaps_by_class', 'samia', 'ppb', 'matched', 'decomposition')  # what `claim_tables` returns, in order
 CONTROL_STATES = ('control', 'control_matched')  # the control arm's model states (pipeline.CONTROL_STATES['both']): fine-tuned, not pruned
+BASELINE_STATES = CONTROL_STATES + ('reseed',)  # pipeline.BASELINE_STATES (this module stays torch-free): the states pruning is compared with beyond dense
 REGIME_DROP = 0.02  # outside the study's regime: the pruned victim's train AND test accuracy both more than this below dense (means over seeds)
 
 def _family(attack: str) -> str:
@@ -101,7 +103,7 @@ def _grid_label(g: Path) -> str:
 def _summary(g: Path) -> pd.DataFrame:
     "summary.csv as `report.load_summary` checks it; rows of the control states are checked as pruned rows are (report knows dense and pruned only)."
     raw = read_summary_csv(g / 'summary.csv')
-    other = CONTROL_STATES + ('reseed',)  # the seed-vs-seed null's rows too: claims read dense, pruned and the control arm
+    other = BASELINE_STATES  # the seed-vs-seed null's rows too: claims read dense, pruned and the control arm
     if 'model_state' not in raw or not raw['model_state'].isin(other).any(): return load_summary(g)
     states = raw['model_state'].copy()
     out = load_summary(raw.assign(model_state=states.mask(states.isin(other), 'pruned')))

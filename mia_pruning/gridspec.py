@@ -243,7 +243,8 @@ PRESETS = {
                      'fixed': {'dataset': 'fashion_mnist', 'subsample': 9000, 'arch': 'cnn', 'num_shadows': 4, 'epochs': 100, 'channels_last': True,
                                'control': 'both', 'reseed': True, 'attacks': RECIPE_ATTACKS, 'null_attacks': RECIPE_NULL_ATTACKS,
                                'attack_recipe': 'tuned', 'attack_check': 'split',
-                               'attack_epochs': 100, 'attack_stop': 'heldout', 'num_references': 0, 'n_boot': 100},
+                               'attack_epochs': 100, 'attack_stop': 'heldout', 'num_references': 0, 'n_boot': 100,
+                               'scores_dtype': 'float32'},  # its run folders are committed: scores at half the size, every metric equal (10c_runs)
                      'blocks': [{'axes': {'prune_method': ['l1_unstructured', 'l1_structured'], 'sparsity': [0.5, 0.7, 0.9]}},
                                 {'axes': {'prune_method': ['l2_structured', 'slimming'], 'sparsity': [0.5, 0.7]}},
                                 {'axes': {'adaptive': [False, True]}, 'fixed': {'prune_method': 'l1_unstructured', 'sparsity': 0.7, 'defense': 'ppb'}},

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import io, re, json, hashlib, zipfile, warnings
 from pathlib import Path
-from .core import atomic_write, load_json
+from .core import atomic_write
 from .runs import (PARAMS, ROWS, SCORES, METRICS, DIVERGENCE, NOTEBOOK, RECORD, STAGING, run_problem, sha256_file,
                               stage_dir, clear_folder, swap_in)
 

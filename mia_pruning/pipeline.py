@@ -24,7 +24,7 @@ from .features import attack_data_for, AttackData
 from .attacks import ATTACKS, ATTACK_RECIPES, ATTACK_CHECKS, ATTACK_STOPS, LIRA_ONLINE_MIN_IN, resolve_attacks, run_attacks, shadow_attack_data
 from .threat import reference_splits, population_indices, victim_ref_in, shadow_seed, reference_seed, role_seed, reseed_seed
 from .divergence import divergence_summary
-from .runs import RECORD, finish_run, is_complete, write_run_folder, join_states, portable_paths
+from .runs import RECORD, SCORES_DTYPES, finish_run, is_complete, write_run_folder, join_states, portable_paths
 from .states import ModelSet, AttackSettings, state_attacks, cached_attacks
 from .plugins import PLUGIN_PARAMS, is_plugin, canonical_spec, pin_spec, short_name, plugin_identity
 
@@ -72,6 +72,7 @@ CELL_DEFAULTS = dict(
     sensitivity_eps=0.001,       # noise scale of the sensitivity feature
     inference='fast',            # feature queries: 'fast' (an inference copy: BatchNorm folded, masks baked; float rounding) or 'plain' (the model itself, the study's)
     n_boot=200,                  # bootstrap resamples for confidence intervals (0 = none)
+    scores_dtype='float64',      # how the run folder stores attack scores: 'float64' (as computed) or 'float32' (where that keeps each array's order and ties: half the size, every metric equal; see 10c_runs)
     device='auto',               # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     threads=0,                   # torch CPU threads (0 = torch's default)
     cache_dir='',                # artifact cache ('' = outputs/cache)
@@ -220,6 +221,7 @@ def _validate(params: dict) -> dict:
         raise ValueError(f"control={p['control']!r}: the matched control keeps its last epoch's weights, which {p['defense']}'s own "
                          "training loop does not offer; use control='finetune'")
     if p['inference'] not in INFERENCE_MODES: raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {p['inference']!r}")
+    if p['scores_dtype'] not in SCORES_DTYPES: raise ValueError(f"scores_dtype must be one of {SCORES_DTYPES}, got {p['scores_dtype']!r}")
     if p['structured_bn'] not in STRUCTURED_BN:
         raise ValueError(f"structured_bn must be one of {STRUCTURED_BN}, got {p['structured_bn']!r}")
     if p['defense'] == 'none' and p['defense_param'] != -1:
@@ -250,7 +252,7 @@ def _resolve(p: dict, names: list) -> dict:
 
 # parameters added after grids were run: at their default they stay out of the id, so earlier cells keep theirs
 ADDED_LATER = {'channels_last': False, 'inference': 'fast', 'control': 'none', 'releases': '', 'attack_stop': 'epochs', 'reseed': False,
-               'null_attacks': ''}
+               'null_attacks': '', 'scores_dtype': 'float64'}
 # what attacks='all' stands for in a cell id: the registry as it was when ids were defined. An attack added to the registry
 # later joins every 'all' cell's run (computed alone: see 10g_states) but not its id, so existing cells keep their ids.
 ID_ALL = ('gap', 'conf', 'entropy', 'mentr', 'top1_conf', 'nn', 'nn_top3', 'nn_cls', 'samia', 'loss', 'lira_offline',
@@ -407,7 +409,7 @@ def model_params(p: dict, # resolved cell parameters (`resolve_params`)
 
 def _dense_call(q, role, ds, split, cfg, cache, device, progress) -> dict:
     "`train_cached`'s arguments for dense model `role` (`q`: its `model_params`), as `dense_models` trains it."
-    return dict(ds=ds, split=split, arch=q['arch'], cfg=cfg, seed=role_seed(q['seed'], role), role=role, cache=cache,
+    return dict(ds=ds, split=split, arch=q['arch'], cfg=cfg, seed=q.get('train_seed', role_seed(q['seed'], role)), role=role, cache=cache,
                 device=device, progress=progress)
 
 def _pruned_call(q, role, ds, split, dense_model, dense_record, cfg, cache, device, progress) -> dict:
@@ -564,8 +566,7 @@ class ModelBuilder:
         if job.kind == 'reseed':  # the dense recipe on the victim's own split, from another training seed
             ds, cfg, _ = self.data(q)
             seed_everything(q['train_seed'])
-            self.got[job.key] = train_cached(**_dense_call(q, role, ds, self.split(q, role), cfg, self.cache, self.device, self.progress)
-                                             | {'seed': q['train_seed']})
+            self.got[job.key] = train_cached(**_dense_call(q, role, ds, self.split(q, role), cfg, self.cache, self.device, self.progress))
             return self.got[job.key]
         dense = self.dense(q, role)
         if job.kind == 'dense': return dense
@@ -728,5 +729,5 @@ def _divergence_summary(arr: dict) -> dict:
 def write_run(run_dir, result: CellResult) -> Path:
     "Write the run folder of `result` through `runs.write_run_folder` (an old completion record goes first); `runs.finish_run` certifies it."
     return write_run_folder(run_dir, params=result.params, provenance=result.provenance, rows=result.rows, states=result.states,
-                            divergence=result.divergence, metrics=result.metrics)
+                            divergence=result.divergence, metrics=result.metrics, scores_dtype=result.params.get('scores_dtype', 'float64'))
 

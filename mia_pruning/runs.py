@@ -14,12 +14,12 @@ from .core import atomic_write, save_json, load_json, save_arrays, load_arrays, 
 
 # %% auto #0
 __all__ = ['PARAMS', 'ROWS', 'SCORES', 'METRICS', 'DIVERGENCE', 'RUN_FILES', 'NOTEBOOK', 'RECORD', 'STAGING', 'PORTABLE_FILES',
-           'PAIRED', 'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder', 'plain_file',
+           'PAIRED', 'SCORES_DTYPES', 'SUMMARY_COLUMNS', 'PRIVATE_PARAMS', 'sha256_file', 'plain_folder', 'plain_file',
            'notebook_problem', 'record_problems', 'verify_run', 'finish_run', 'run_problem', 'is_complete',
-           'portable_paths', 'score_key', 'StateArrays', 'split_states', 'join_states', 'write_run_folder',
-           'save_scores', 'load_scores', 'read_scores', 'check_paired', 'stored_attacks', 'run_params', 'read_params',
-           'stage_dir', 'clear_folder', 'swap_in', 'recover_swaps', 'write_bytes', 'spec_cells', 'summary_runs',
-           'collect']
+           'portable_paths', 'score_key', 'StateArrays', 'split_states', 'join_states', 'order_exact_float32',
+           'storable_scores', 'write_run_folder', 'save_scores', 'load_scores', 'read_scores', 'check_paired',
+           'stored_attacks', 'run_params', 'read_params', 'stage_dir', 'clear_folder', 'swap_in', 'recover_swaps',
+           'write_bytes', 'spec_cells', 'summary_runs', 'collect']
 
 # %% ../nbs/10c_runs.ipynb #0984d3ff
 PARAMS, ROWS, SCORES, METRICS, DIVERGENCE = 'params.json', 'rows.json', 'scores.npz', 'metrics.json', 'divergence.json'  # a run folder's files
@@ -254,6 +254,28 @@ def join_states(states: dict[str, StateArrays]) -> dict:
 
 
 # %% ../nbs/10c_runs.ipynb #a23f0002
+SCORES_DTYPES = ('float64', 'float32')  # how a run folder stores attack scores: as computed, or float32 wherever that keeps each array's order and ties
+
+def order_exact_float32(a: np.ndarray) -> np.ndarray | None:
+    "`a` (float64) as float32 if the cast keeps its order and its ties (no two values merge, none overflows, no NaN); else None."
+    if a.dtype != np.float64 or a.ndim != 1 or np.isnan(a).any(): return None
+    with np.errstate(over='ignore'): b = a.astype(np.float32)
+    if np.isinf(b).sum() != np.isinf(a).sum(): return None  # a finite value overflowed
+    o = np.argsort(a, kind='stable')
+    return b if np.array_equal(np.diff(a[o]) == 0, np.diff(b[o]) == 0) else None  # rounding is monotone: only merges can change the order
+
+def storable_scores(arrays: dict, # flat run-folder arrays (`join_states`)
+                    dtype: str = 'float64', # one of SCORES_DTYPES
+                   ) -> dict:
+    "The arrays as a run folder stores them: with 'float32', each attack score whose order and ties float32 keeps, cast (the rest unchanged)."
+    if dtype not in SCORES_DTYPES: raise ValueError(f'scores_dtype must be one of {SCORES_DTYPES}, got {dtype!r}')
+    if dtype == 'float64': return arrays
+    out = {}
+    for k, v in arrays.items():
+        b = order_exact_float32(np.asarray(v)) if _parse_key(k)[1] == 'score' else None
+        out[k] = v if b is None else b
+    return out
+
 def write_run_folder(run_dir, # the run folder (created if needed)
                      *, params: dict, # the validated cell parameters
                      provenance: dict, # versions, data, cache keys, timings, ... (the cell id included)
@@ -261,10 +283,11 @@ def write_run_folder(run_dir, # the run folder (created if needed)
                      states: dict[str, StateArrays], # the per-sample arrays of each model state, in the order to store them
                      divergence: dict, # per state, its divergence numbers
                      metrics: dict, # the flat metrics record
+                     scores_dtype: str = 'float64', # how attack scores are stored (SCORES_DTYPES; `storable_scores`)
                     ) -> Path:
     "Write a run folder: its completion record and metrics.json removed first, metrics.json written last (`finish_run` certifies it)."
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    arrays = join_states(states)  # checked before a file changes
+    arrays = storable_scores(join_states(states), scores_dtype)  # checked before a file changes
     (run_dir / RECORD).unlink(missing_ok=True)
     (run_dir / METRICS).unlink(missing_ok=True)
     save_json(run_dir / PARAMS, {'params': params, 'provenance': provenance})
@@ -292,8 +315,9 @@ def read_scores(run_dir, # a run folder
                 attacks=(), # attacks each of `states` must have scores of
                 common=('is_member',), # the state's own arrays each of `states` must hold
                ) -> dict[str, StateArrays]:
-    "Every model state's arrays of a run folder, in stored order; ValueError naming the folder and what is missing."
+    "Every model state's arrays of a run folder, in stored order (scores stored as float32 read back as float64); ValueError naming the folder and what is missing."
     out = split_states(load_scores(run_dir))
+    for sa in out.values(): sa.scores = {a: v.astype(np.float64) if v.dtype == np.float32 else v for a, v in sa.scores.items()}
     missing = [score_key(s, k) for s in states or () for k in common if s not in out or k not in out[s].common]
     missing += [score_key(s, 'score', a) for s in states or () for a in attacks if s not in out or a not in out[s].scores]
     if missing: raise ValueError(f'{run_dir}: its per-sample scores lack {missing}' + ('' if all(s in out for s in states) else f' (it holds the states {list(out)})'))

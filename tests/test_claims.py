@@ -157,9 +157,9 @@ def test_committed_study_tables_recompute_byte_for_byte(tmp_path):
         src = root / 'outputs' / grid
         g = tmp_path / 'outputs' / grid
         g.mkdir(parents=True); shutil.copy(src / 'summary.csv', g / 'summary.csv')
-        if (src / 'runs').is_dir(): shutil.copytree(src / 'runs', g / 'runs')  # committed run folders: per-sample scores
-        if (src / 'parts').is_dir():  # committed parts (10h_parts): the run folders, restored byte for byte
+        if (src / 'parts').is_dir():  # committed parts (10h_parts): the run folders, restored byte for byte (runs/ is not committed)
             shutil.copytree(src / 'parts', g / 'parts'); assert restore_parts(g)
+        elif (src / 'runs').is_dir(): shutil.copytree(src / 'runs', g / 'runs')  # committed run folders: per-sample scores
         for p in C.write_claims_tables(g):
             assert p.read_bytes() == (C.claims_dir(src) / p.name).read_bytes(), f'{grid}: {p.name} differs'
 

@@ -141,3 +141,8 @@ def test_the_report_knows_every_model_state_a_cell_writes():
     from mia_pruning.pipeline import ALL_STATES
     from mia_pruning.report import MODEL_STATES
     assert tuple(MODEL_STATES) == tuple(ALL_STATES)
+
+def test_the_claims_know_the_baseline_states_the_pipeline_writes():
+    "claims stays torch-free, so it spells the baseline states itself: they must be the pipeline's."
+    from mia_pruning import claims
+    assert claims.BASELINE_STATES == P.BASELINE_STATES and claims.CONTROL_STATES == P.CONTROL_STATES['both']

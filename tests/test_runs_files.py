@@ -1,6 +1,7 @@
 """The run folder's files have one reader and writer (mia_pruning.runs): what it writes is what the pipeline wrote, and it reads it back."""
 import zipfile
 import numpy as np
+import pandas as pd
 import pytest
 from mia_pruning import runs as R
 
@@ -59,3 +60,30 @@ def test_score_keys_and_pairing(tmp_path):
     (tmp_path / 'scores.npz').write_bytes(b'not a zip')
     with pytest.raises(ValueError, match='cannot be read'): R.read_scores(tmp_path)
     with pytest.raises(ValueError, match='not a readable archive'): R.stored_attacks(tmp_path)
+
+
+def test_a_cell_stored_at_float32_reports_what_it_computed(tmp_path):
+    "scores_dtype='float32': the same cell's rows, and every metric recomputed from its stored scores, equal the float64 run's; the file is smaller."
+    from mia_pruning import pipeline as P
+    from mia_pruning.core import load_json
+    from mia_pruning.metrics import membership_metrics
+    tiny = dict(dataset='digits', arch='mlp', num_shadows=1, epochs=3, attacks='loss,conf,mentr,rmia', n_boot=0, attack_epochs=1,
+                threads=1, device='cpu', cache_dir=str(tmp_path / 'cache'))
+    assert P.cell_id({**tiny, 'scores_dtype': 'float64'}) == P.cell_id(tiny) != P.cell_id({**tiny, 'scores_dtype': 'float32'})
+    with pytest.raises(ValueError, match=r"scores_dtype must be one of \('float64', 'float32'\), got 'half'"):
+        P.validate_params({**tiny, 'scores_dtype': 'half'})
+    P.run_cell(progress=False, out_dir=tmp_path / 'f64', **tiny)
+    P.run_cell(progress=False, out_dir=tmp_path / 'f32', **tiny, scores_dtype='float32')
+    rows = {d: pd.DataFrame(load_json(tmp_path / d / 'rows.json')) for d in ('f64', 'f32')}
+    assert set(rows['f32'].columns) ^ set(rows['f64'].columns) <= {'scores_dtype'}
+    pd.testing.assert_frame_equal(rows['f32'].drop(columns=['cell_id', 'scores_dtype'], errors='ignore'),
+                                  rows['f64'].drop(columns=['cell_id', 'scores_dtype'], errors='ignore'))
+    with np.load(tmp_path / 'f32' / R.SCORES) as z: dtypes = {k: z[k].dtype for k in z.files}
+    assert any(d == np.float32 for d in dtypes.values()) and all(d != np.float32 for k, d in dtypes.items() if '__score__' not in k)
+    a, b = R.read_scores(tmp_path / 'f64'), R.read_scores(tmp_path / 'f32')
+    for st in a:
+        for att, s in a[st].scores.items():
+            assert b[st].scores[att].dtype == np.float64
+            got, want = membership_metrics(b[st].scores[att], b[st].is_member), membership_metrics(s, a[st].is_member)
+            assert pd.Series(got).equals(pd.Series(want)), (st, att)  # NaN where a rate cannot be resolved, in both
+    assert (tmp_path / 'f32' / R.SCORES).stat().st_size < (tmp_path / 'f64' / R.SCORES).stat().st_size

@@ -20,3 +20,13 @@ def test_the_evidence_exposure_claims_and_docs_modules_import_without_torch():
     code = 'import sys, mia_pruning.evidence, mia_pruning.exposure, mia_pruning.claims, mia_pruning.docs; print("torch" in sys.modules)'
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == 'False', (r.stdout, r.stderr)
+
+
+def test_committed_outputs_stay_below_the_budget():
+    "Everything committed under outputs/ (tables, figures, packed run folders) stays below 60 MB (issue 26's budget)."
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(['git', 'ls-files', '-z', 'outputs'], cwd=root, capture_output=True)
+    if r.returncode: import pytest; pytest.skip('not a git checkout')
+    files = [root / f for f in r.stdout.decode().split('\0') if f]
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    assert files and total < 60_000_000, f"outputs/ holds {total / 1e6:.1f} MB committed"
