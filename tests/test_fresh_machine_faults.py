@@ -58,9 +58,9 @@ def test_exposure_and_two_release_read_exactly_the_runs_summary_csv_holds(tmp_pa
     with pytest.warns(UserWarning) as caught:
         df = R.collect(out)
         dirs = X._run_dirs(out)
-        table = two_release_table(out, n_boot=100)
+        table = two_release_table(out, inputs=('loss',))  # its fake runs store loss
     assert set(df.cell_id) == {'good'} and dirs == [good]
-    assert table.cells.tolist() == [1]  # not 4 runs of the same setting
+    assert table.seeds.tolist() == [1]  # not 4 runs of the same setting
     said = ' '.join(str(w.message) for w in caught)
     assert 'listy' in said and 'non-scalar' in said  # the run it leaves out is named, and why
     assert not R.is_complete(listy)

@@ -122,8 +122,8 @@ def test_release_table_pairs_seeds_and_combines_them_by_random_effects(tmp_path)
     assert hi.loc['multi_release - single', 'interval'] == 'random effects, t(2)'
     lo = t[t.sparsity == 0.5]
     assert list(lo.comparison) == ['multi_release - single'] and lo.verdict.iloc[0] in ('inconclusive', 'no change within the margin')
-    with pytest.warns(UserWarning, match='unfinished'): two = two_release_table(tmp_path, n_boot=200)  # reads the same runs; multi_release is never taken for a single-release attack
-    assert len(two) == 1 and 'multi_release' not in two.best_single[0]
+    with pytest.warns(UserWarning, match='unfinished'): two = two_release_table(tmp_path)  # reads the same runs; multi_release is never taken for a single-release attack
+    assert len(two) == 1 and two.best_input[0] == 'pruned:lira_offline' and two.verdict[0] == 'raised'
     prm = dict(cells[0][1], releases='0.5,0.7,0.9')
     one = release_table([(prm, arrays[(0.9, 0)])])
     assert (one.releases == '0.5,0.7,0.9').all() and (one.interval == 'members only (1 seed)').all()
