@@ -34,8 +34,8 @@ __all__ = ['ATTACK_PATIENCE', 'ATTACK_STOPS', 'ATTACK_RECIPES', 'LOG_INPUT_FLOOR
            'rmia_scores', 'lsc_from_py', 'qmia_features', 'qmia_margin', 'qmia_min_population', 'synthetic_releases',
            'synthetic_release_pair', 'out_reference_sd', 'ref_z', 'TwoReleaseFeatures', 'two_release_features',
            'multi_release_features', 'AttackContext', 'Attack', 'AttackResult', 'resolve_attacks', 'check_requirements',
-           'training_check', 'run_attacks', 'results_frame', 'shadow_attack_data', 'train_reference_models',
-           'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
+           'training_check', 'run_attacks', 'results_frame', 'two_release_fit_gap', 'shadow_attack_data',
+           'train_reference_models', 'AttackData', 'attack_data_for', 'balanced_in_mask', 'population_indices']
 
 # %% ../nbs/06_attacks.ipynb #3a95f89b
 _all_ = ['AttackData', 'attack_data_for',  # re-exported: API.md names `mia_pruning.attacks.AttackData`
@@ -1013,6 +1013,35 @@ def results_frame(results: dict[str, AttackResult], # the answer of `run_attacks
     rows = [{**context, **r.row()} for r in results.values()]
     return pd.DataFrame(rows)
 
+
+
+# %% ../nbs/06_attacks.ipynb #a78b1c80
+def two_release_fit_gap(shadow: AttackData, # pooled shadow records of the pruned release, `.other` = the dense release (as two_release takes them)
+                        target: AttackData, # the victim's records, `.other` likewise
+                        folds: int = 5, # cross-fitting folds on the shadow side
+                        C: float = 1.0, # two_release's regularisation
+                        seed: int = 0, # of the folds
+                       ) -> pd.DataFrame:
+    "Where two_release is fitted and where it is used: each statistic's AUC on the shadow records (two_release by k-fold cross-fitting) and on the victim's, with the OUT references per record on each side."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    f = two_release_features(shadow, target)
+    rows, X, y = f.shadow_rows, f.shadow[f.shadow_rows], shadow.is_member[f.shadow_rows]
+    if min(y.sum(), (~y).sum()) < folds: raise ValueError(f'{folds}-fold cross-fitting needs at least {folds} shadow members and non-members, got {int(y.sum())} and {int((~y).sum())}')
+    fit = lambda: make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight='balanced', max_iter=2000))
+    cv = np.empty(len(y))
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y): cv[te] = fit().fit(X[tr], y[tr]).decision_function(X[te])
+    auc = lambda s, m: membership_metrics(s, m)['auc']
+    out = {'two_release': (auc(cv, y), auc(fit().fit(X, y).decision_function(f.target), target.is_member))}
+    for i, c in enumerate(f.names):
+        if c.startswith(('lira_z_', 'rmia_')) and not c.endswith('_change'): out[c] = (auc(X[:, i], y), auc(f.target[:, i], target.is_member))
+    t = pd.DataFrame(out, index=['auc_shadow', 'auc_target']).T.rename_axis('statistic')
+    n_out = lambda d, r=slice(None): float((~d.ref_in[r]).sum(1).mean()) if d.ref_in is not None else 0.0
+    t['shift'] = t.auc_target - t.auc_shadow
+    t.attrs.update(out_refs_shadow=n_out(shadow, rows), out_refs_target=n_out(target))
+    return t
 
 
 # %% ../nbs/06_attacks.ipynb #1769725d
