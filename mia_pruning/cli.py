@@ -195,9 +195,9 @@ def full_report(out_dir, cell: str | None = None) -> dict:
 
 def cmd_report(args) -> int:
     out = Path(args.out_dir)
-    if not (out / 'runs').is_dir() and not (out / 'summary.csv').exists():
-        raise ValueError(f'{str(out)!r} is not a grid output folder (no runs/ and no summary.csv)')
-    from mia_pruning.parts import restore_parts
+    from mia_pruning.parts import PARTS, restore_parts
+    if not (out / 'runs').is_dir() and not (out / 'summary.csv').exists() and not any((out / PARTS).glob('*.zip')):
+        raise ValueError(f'{str(out)!r} is not a grid output folder (no runs/, no summary.csv and no {PARTS}/*.zip)')
     if restored := restore_parts(out): print(f'restored {len(restored)} run folder(s) from {out}/parts')  # a clone: the committed parts
     if (out / 'runs').exists():
         from mia_pruning.runs import collect

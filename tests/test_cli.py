@@ -168,9 +168,10 @@ def test_grid_part_is_packed_and_a_clone_reports_from_the_pack(tmp_path, capsys,
     assert '1 ran, 0 skipped, 0 failed' in text and f'packed 1 run folder(s) into {out / "parts" / "seed-7.zip"}' in text
     clone = tmp_path / 'clone'
     (clone / 'parts').mkdir(parents=True)
-    shutil.copy(out / 'parts' / 'seed-7.zip', clone / 'parts'); shutil.copy(out / 'summary.csv', clone)
+    shutil.copy(out / 'parts' / 'seed-7.zip', clone / 'parts')  # a grid committed part by part: its parts and nothing else yet
     code, text, err = run(['report', str(clone)], capsys)
-    assert code == 0 and 'restored 1 run folder(s)' in text and 'summary.csv: ' in text and 'from 1 complete run(s)' in text
+    assert code == 0 and 'restored 1 run folder(s)' in text and 'summary.csv: ' in text and 'from 1 complete run(s)' in text, err
+    pd.testing.assert_frame_equal(pd.read_csv(clone / 'summary.csv'), pd.read_csv(out / 'summary.csv'))
     spec.write_text('axes: {seed: [7, 13]}\nfixed: {dataset: digits, arch: mlp}\n')  # the stub fails seed 13: no pack of an unfinished part
     code, text, err = run(['grid', str(spec), '--out', str(tmp_path / 'o2'), '--workers', '1', '--no-progress', '--no-report', '--pack'], capsys)
     assert code == 1 and 'not packed: 1 cell(s) of the part failed' in err and not (tmp_path / 'o2' / 'parts').exists()
