@@ -26,7 +26,7 @@ __all__ = ['SETTING_KEYS', 'EXTRA_KEYS', 'DEFENSE_KEYS', 'TWO_MODEL_ATTACKS', 'T
 
 # %% ../nbs/12a_claims.ipynb #73804089
 SETTING_KEYS = ('dataset', 'arch', 'prune_method', 'sparsity')  # one victim recipe; its cells differ by seed
-EXTRA_KEYS = ('structured_bn', 'subsample', 'num_shadows', 'epochs', 'attack_recipe', 'attack_epochs', 'num_references')  # split settings on these when they vary
+EXTRA_KEYS = ('structured_bn', 'subsample', 'num_shadows', 'epochs', 'attack_recipe', 'attack_epochs', 'attack_stop', 'num_references')  # split settings on these when they vary
 DEFENSE_KEYS = ('defense', 'defense_param', 'adaptive')
 TWO_MODEL_ATTACKS = ('two_release', 'multi_release')  # query the dense and the pruned victim (and more releases): not single-model attacks, left out of every claim
 TABLES = ('verdicts', 'risk', 'gaps', 'gaps_by_class', 'samia', 'ppb', 'matched', 'decomposition')  # what `claim_tables` returns, in order
@@ -129,9 +129,48 @@ class ClaimData:
             if self.skipped: warnings.warn(f'{len(self.skipped)} cell(s) left out (no usable run folder): ' + '; '.join(list(self.skipped.values())[:3]))
             self.cells = self.cells[self.cells['cell_id'].isin(self._scores)].reset_index(drop=True)
             if self.cells.empty: raise ValueError(f'no cell of {str(g / "summary.csv")!r} has a usable run folder under {str(g / "runs")!r}')
-        s = self.summary[self.summary['cell_id'].isin(self.cells['cell_id'])]
+        unit = self._merge_units()
+        s = self.summary[self.summary['cell_id'].isin(unit)]
+        s = s.assign(cell_id=s['cell_id'].map(unit))
+        clash = s.groupby(['cell_id', 'model_state', 'attack'])['auc'].nunique() if 'auc' in s else pd.Series(dtype=int)
+        if (clash > 1).any():
+            k = clash[clash > 1].index[0]
+            raise ValueError(f'the cells merged into {k[0]} give {k[2]} on the {k[1]} victim different AUCs: they do not attack the same victims the same way')
         self._auc = s.groupby(['cell_id', 'model_state', 'attack'])['auc'].first().to_dict() if 'auc' in s else {}
         self._n = s.groupby('cell_id')[['n_members', 'n_nonmembers']].first().to_dict('index') if {'n_members', 'n_nonmembers'} <= set(s) else {}
+
+    def _merge_units(self) -> dict:
+        "Cells of one setting, defense and seed that attack the same victims (e.g. a cell of SAMIA's own beside the main one) as one unit: {cell_id: its unit's id}."
+        keys = [*self.setting_keys, *DEFENSE_KEYS, 'seed']
+        fit = [c for c in self.cells if c.startswith(('test_acc_', 'train_acc_')) and c.endswith(('_dense', '_pruned'))]
+        unit, self.merged, keep = {}, {}, []
+        for _, g in self.cells.groupby(keys, sort=False, dropna=False):
+            first = g.index[0]; keep.append(first)
+            u = self.cells.at[first, 'cell_id']; unit[u] = u
+            for i in g.index[1:]:
+                c = self.cells.at[i, 'cell_id']
+                differ = [f for f in fit if not (pd.isna(self.cells.at[first, f]) or pd.isna(self.cells.at[i, f]) or self.cells.at[first, f] == self.cells.at[i, f])]
+                if differ: raise ValueError(f'cells {u} and {c} share setting, defense and seed but not their victims ({differ[0]} differs): '
+                                            'something else varies between them; name it in claims.EXTRA_KEYS')
+                if self.source == 'scores': self._absorb(u, c)
+                for col in self.cells.columns:  # the columns one cell lacks (a control arm's accuracies), from the other
+                    if col != 'not_learned' and pd.isna(self.cells.at[first, col]) and not pd.isna(self.cells.at[i, col]): self.cells.at[first, col] = self.cells.at[i, col]
+                self.cells.at[first, 'not_learned'] = sorted(set(self.cells.at[first, 'not_learned']) | set(self.cells.at[i, 'not_learned']))
+                unit[c] = u; self.merged.setdefault(u, []).append(c)
+        self.cells = self.cells.loc[keep].reset_index(drop=True)
+        return unit
+
+    def _absorb(self, keep: str, other: str):
+        "Cell `other`'s states and attacks added to cell `keep`'s scores; an attack both hold must have the same scores."
+        into = self._scores[keep]
+        for st, sa in self._scores.pop(other).items():
+            if st not in into: _same_members(into['dense'], sa, f'{keep} vs {other}'); into[st] = sa; continue
+            _same_members(into[st], sa, f'{keep} vs {other}')
+            for a, v in sa.scores.items():
+                if a not in into[st].scores: into[st].scores[a] = v; into[st].preds[a] = sa.preds.get(a)
+                elif not np.array_equal(into[st].scores[a], v):
+                    raise ValueError(f'cells {keep} and {other} of one setting, defense and seed give {a} on the {st} victim different scores: '
+                                     'something else varies between them; name it in claims.EXTRA_KEYS')
 
     def scores(self, cell_id: str) -> dict[str, StateArrays]: return self._scores[cell_id]
 

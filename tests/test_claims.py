@@ -250,3 +250,34 @@ def test_cells_of_the_several_release_adversary_stay_out_of_the_claims(tmp_path)
     after = C.claim_tables(g)
     assert after['verdicts']['verdict'].tolist() == before['verdicts']['verdict'].tolist()
     assert after['risk']['change'].equals(before['risk']['change']) and before['risk']['seeds'].tolist() == after['risk']['seeds'].tolist()
+
+
+def test_a_cell_of_samia_beside_the_main_one_merges_into_one_unit(tmp_path):
+    "study_recipe runs SAMIA in cells of its own beside each setting's main cell: the two are one seed's unit, and the tables are those of one cell."
+    g = C.make_synthetic_grid(tmp_path / 'one', seeds=SEEDS, samia_shift=0.2)
+    split = tmp_path / 'split'
+    shutil.copytree(g, split)
+    s = pd.read_csv(split / 'summary.csv')
+    extra = []
+    for cid in s['cell_id'].unique():
+        st = read_scores(split / 'runs' / cid)
+        side = {k: C.StateArrays(dict(v.common), {a: x for a, x in v.scores.items() if a in ('samia', 'conf')},
+                                 {a: x for a, x in v.preds.items() if a in ('samia', 'conf')}) for k, v in st.items() if k in ('dense', 'pruned')}
+        for v in st.values(): v.scores.pop('samia', None); v.preds.pop('samia', None)
+        save_scores(split / 'runs' / cid, join_states(st))
+        (split / 'runs' / f'{cid}-samia').mkdir()
+        save_scores(split / 'runs' / f'{cid}-samia', join_states(side))
+        rows = s[(s['cell_id'] == cid) & s['attack'].isin(['samia', 'conf'])].assign(cell_id=f'{cid}-samia')
+        extra.append(rows)
+    s = pd.concat([s[s['attack'] != 'samia'], *extra], ignore_index=True)
+    s.to_csv(split / 'summary.csv', index=False)
+    d = C.ClaimData(split)
+    assert len(d.cells) == len(SEEDS) and all(len(v) == 1 for v in d.merged.values())
+    want, got = C.claim_tables(g), C.claim_tables(split)
+    for name in C.TABLES:
+        pd.testing.assert_frame_equal(got[name].drop(columns=['cells'], errors='ignore'), want[name].drop(columns=['cells'], errors='ignore'), obj=name)
+    # a second cell of the seed that scores a shared attack differently is not the same victim attacked the same way: refused
+    bad = read_scores(split / 'runs' / f'{d.cells["cell_id"][0]}-samia')
+    bad['pruned'].scores['conf'] = bad['pruned'].scores['conf'] + 1.0
+    save_scores(split / 'runs' / f'{d.cells["cell_id"][0]}-samia', join_states(bad))
+    with pytest.raises(ValueError, match='give conf on the pruned victim different scores'): C.ClaimData(split)
