@@ -52,6 +52,9 @@ def per_sample_scores(grid_dir, # a grid output folder holding runs/<cell_id>/ (
     if len(states) != 2 or states[0] == states[1]: raise ValueError(f'states must name two different model states, got {states!r}')
     frames, params_of = [], {}
     for rd in _run_dirs(grid_dir):
+        try: held = run_attacks(rd)
+        except ValueError: held = None  # unreadable: _read_run says why, below
+        if held is not None and any(attack not in held.get(s, ()) for s in states): continue  # a cell that never ran it (e.g. SAMIA's own cells)
         try: params, arr = _read_run(rd, attack, states)
         except Exception as e:
             warnings.warn(f'skipping run folder {rd} for attack {attack!r}: {type(e).__name__}: {e}'); continue

@@ -135,13 +135,13 @@ def test_per_sample_scores_reads_runs(grid):
 
 def test_incomplete_runs_skipped_with_warning(grid):
     save_json(grid / 'runs' / 'half' / 'params.json', {'params': {'seed': 5}})  # no scores.npz
-    write_run(grid, 'other', *known_cell(1, 1, 1), attacks=('loss',))  # lacks the attack
+    write_run(grid, 'other', *known_cell(1, 1, 1), attacks=('loss',))  # never ran the attack: passed over without a warning
     (grid / 'runs' / 'corrupt').mkdir()
     (grid / 'runs' / 'corrupt' / 'params.json').write_text('{not json')
     with pytest.warns(UserWarning) as rec:
         df = per_sample_scores(grid, ATTACK)
     msgs = ' '.join(str(w.message) for w in rec)
-    assert 'half' in msgs and 'other' in msgs and 'corrupt' in msgs
+    assert 'half' in msgs and 'corrupt' in msgs and 'runs/other' not in msgs
     assert sorted(df['cell_id'].unique()) == ['A-s0', 'A-s1', 'A-s2', 'B-s0']
     with pytest.warns(UserWarning), pytest.raises(ValueError, match='no usable run'): per_sample_scores(grid, 'rmia')
     with pytest.raises(ValueError, match='not a folder'): per_sample_scores(grid / 'nope', ATTACK)
