@@ -4,20 +4,22 @@
 
 # %% ../nbs/10h_parts.ipynb #d2134201
 from __future__ import annotations
-import io, re, json, hashlib, zipfile, warnings
+import io, re, json, struct, hashlib, zipfile, warnings
 from pathlib import Path
 from .core import atomic_write
 from .runs import (PARAMS, ROWS, SCORES, METRICS, DIVERGENCE, NOTEBOOK, RECORD, STAGING, run_problem, sha256_file,
                               stage_dir, clear_folder, swap_in)
 
 # %% auto #0
-__all__ = ['PACK_FORMAT', 'PARTS', 'PACKED_FILES', 'part_name', 'pack_runs', 'unpack_part', 'restore_parts']
+__all__ = ['PACK_FORMAT', 'PARTS', 'PACKED_FILES', 'SKELETON', 'part_name', 'npz_split', 'npz_join', 'pack_runs', 'unpack_part',
+           'restore_parts']
 
 # %% ../nbs/10h_parts.ipynb #1b301fea
-PACK_FORMAT = 'mia_pruning-part-v1'
+PACK_FORMAT = 'mia_pruning-part-v2'
 PARTS = 'parts'  # a grid folder's committed parts: <grid>/parts/<name>.zip
 PACKED_FILES = (PARAMS, ROWS, SCORES, METRICS, DIVERGENCE, NOTEBOOK, RECORD)  # what a run folder may hold
-_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date, as numpy's savez members carry
+SKELETON = '.skeleton'  # a packed scores.npz's every byte but its members' data: cells/<cell_id>/scores.npz.skeleton
+_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date: the pack's own entries carry it
 _ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]*')
 _DIGEST = re.compile(r'[0-9a-f]{64}')
 
@@ -30,22 +32,41 @@ def part_name(select: dict | None = None, # a part's selection (parameter -> val
     if not _ID.fullmatch(name): raise ValueError(f'part {select!r} gives the file name {name!r}, which is not a plain file name')
     return name
 
-def _npz_members(path) -> list[tuple[str, bytes]]:
-    "The members of an .npz (name, the .npy bytes), in stored order."
-    with zipfile.ZipFile(path) as z: return [(i.filename, z.read(i)) for i in z.infolist()]
+def npz_split(data: bytes, # an .npz file's bytes
+             ) -> tuple[bytes, list] | None:
+    "The file as its skeleton (every byte but its members' data: headers, directory) and its members [(name, offset, data)]; None unless every member is stored uncompressed."
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        members = []
+        for i in z.infolist():
+            h = i.header_offset
+            if i.compress_type != zipfile.ZIP_STORED or data[h:h + 4] != b'PK\x03\x04': return None
+            n, m = struct.unpack('<HH', data[h + 26:h + 30])  # the local header's name and extra-field lengths
+            start = h + 30 + n + m
+            body = data[start:start + i.compress_size]
+            if body != z.read(i): return None  # (z.read checks the member's CRC)
+            members.append((i.filename, start, body))
+    members.sort(key=lambda t: t[1])
+    skeleton, pos = [], 0
+    for _, start, body in members: skeleton.append(data[pos:start]); pos = start + len(body)
+    return b''.join(skeleton) + data[pos:], members
 
-def _npz_bytes(members) -> bytes:
-    "The .npz `np.savez` writes for these members: stored (no compression), zip64, the zip's default date."
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, 'w', zipfile.ZIP_STORED, allowZip64=True) as z:
-        for name, data in members:
-            with z.open(name, 'w', force_zip64=True) as f: f.write(data)
-    return buf.getvalue()
+def npz_join(skeleton: bytes, # `npz_split`'s skeleton
+             members, # [(offset, data)]: each member's data and where it starts in the file
+            ) -> bytes:
+    "The file `npz_split` took apart: the skeleton with each member's data put back at its offset."
+    out, pos = bytearray(), 0
+    for start, body in sorted(members, key=lambda t: t[0]):
+        take = start - len(out)
+        if take < 0 or pos + take > len(skeleton): raise ValueError('members overlap or lie beyond the skeleton')
+        out += skeleton[pos:pos + take]; pos += take
+        out += body
+    return bytes(out + skeleton[pos:])
 
 def _entry(name: str) -> zipfile.ZipInfo:
     i = zipfile.ZipInfo(name, date_time=_DATE)
     i.compress_type, i.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
     return i
+
 
 # %% ../nbs/10h_parts.ipynb #f86334e1
 def pack_runs(out_dir, # a grid folder holding runs/
@@ -68,11 +89,12 @@ def pack_runs(out_dir, # a grid folder holding runs/
         for f in sorted(d.iterdir()):
             data = f.read_bytes(); folder_bytes += len(data)
             entry['files'][f.name] = hashlib.sha256(data).hexdigest()
-            if f.name == SCORES:
-                for m, b in _npz_members(f):
-                    h = hashlib.sha256(b).hexdigest(); arrays[h] = b
-                    entry['scores'].append([m, h])
-            else: files[f'cells/{c}/{f.name}'] = data
+            split = npz_split(data) if f.name == SCORES else None
+            if split is None: files[f'cells/{c}/{f.name}'] = data; continue  # verbatim (a compressed .npz too)
+            files[f'cells/{c}/{f.name}{SKELETON}'] = split[0]
+            for m, start, b in split[1]:
+                h = hashlib.sha256(b).hexdigest(); arrays[h] = b
+                entry['scores'].append([m, h, start])
         manifest['cells'][c] = entry
     dest = Path(dest) if dest is not None else Path(out_dir) / PARTS / f'{name}.zip'
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -91,21 +113,24 @@ def _read_manifest(z: zipfile.ZipFile, where) -> dict:
     try: m = json.loads(z.read('manifest.json'))
     except KeyError: raise ValueError(f'{where} is not a part of a grid (it has no manifest.json)') from None
     if not isinstance(m, dict) or m.get('format') != PACK_FORMAT or not isinstance(m.get('cells'), dict):
-        raise ValueError(f"{where}: its manifest is not a {PACK_FORMAT} manifest (format {m.get('format') if isinstance(m, dict) else None!r})")
+        raise ValueError(f"{where}: its manifest is not a {PACK_FORMAT} manifest (format {m.get('format') if isinstance(m, dict) else None!r}; "
+                         "a part of another format is repacked from its run folders with `pack_runs`)")
     for c, e in m['cells'].items():
         ok = (isinstance(c, str) and _ID.fullmatch(c) and isinstance(e, dict) and isinstance(e.get('files'), dict)
               and set(e['files']) <= set(PACKED_FILES) and isinstance(e.get('scores'), list)
-              and all(isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and _DIGEST.fullmatch(str(s[1])) for s in e['scores']))
+              and all(isinstance(s, list) and len(s) == 3 and isinstance(s[0], str) and _DIGEST.fullmatch(str(s[1]))
+                      and isinstance(s[2], int) and s[2] >= 0 for s in e['scores']))
         if not ok: raise ValueError(f'{where}: its manifest entry for {c!r} is malformed')
     return m
 
 def _restore_cell(z: zipfile.ZipFile, c: str, entry: dict, stage: Path, where):
     "Write cell `c`'s files into `stage`, each checked against the manifest's digest."
     stage.mkdir(parents=True)
+    names = set(z.namelist())
     for name, digest in entry['files'].items():
         try:
-            data = (_npz_bytes([(m, z.read(f'arrays/{h}.npy')) for m, h in entry['scores']]) if name == SCORES
-                    else z.read(f'cells/{c}/{name}'))
+            data = (npz_join(z.read(f'cells/{c}/{name}{SKELETON}'), [(start, z.read(f'arrays/{h}.npy')) for _, h, start in entry['scores']])
+                    if name == SCORES and f'cells/{c}/{name}{SKELETON}' in names else z.read(f'cells/{c}/{name}'))
         except KeyError as e: raise ValueError(f'{where}: {c}/{name} refers to {e.args[0]}, which the part lacks') from None
         if hashlib.sha256(data).hexdigest() != digest:
             raise ValueError(f'{where}: {c}/{name} does not restore to the bytes its manifest records (the part is damaged)')

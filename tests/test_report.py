@@ -55,6 +55,7 @@ def grid_dir(tmp_path):
                        f'{st}__sy': rng.uniform(0, 1, 300), f'{st}__index': np.arange(300)})
         arrays[f'{st}__score__conf'] = arrays[f'{st}__py']
     arrays['pruned__score__two_release'] = arrays['pruned__py'] - arrays['dense__py']  # the change pruning made: its signal
+    for st in ('dense', 'pruned'): arrays[f'{st}__score__rmia'] = arrays[f'{st}__py'] + rng.normal(0, 0.05, 300)  # an input of two_release: its bar
     run = out / 'runs' / 'c-l1_unstructured-0.7-none-7'
     save_arrays(run / 'scores.npz', **arrays)
     save_json(run / 'params.json', {'params': dict(dataset='digits', arch='cnn', prune_method='l1_unstructured', sparsity=0.7,
