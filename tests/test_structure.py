@@ -30,3 +30,15 @@ def test_committed_outputs_stay_below_the_budget():
     files = [root / f for f in r.stdout.decode().split('\0') if f]
     total = sum(f.stat().st_size for f in files if f.is_file())
     assert files and total < 60_000_000, f"outputs/ holds {total / 1e6:.1f} MB committed"
+
+
+def test_committed_parts_hold_no_path_of_the_machine_that_ran_them():
+    "Packed run folders (outputs/<grid>/parts/*.zip) name no checkout, home or temp folder: their paths are relative (runs.portable_paths)."
+    import re, zipfile
+    root = Path(__file__).resolve().parents[1]
+    packs = sorted(root.glob('outputs/*/parts/*.zip'))
+    private = re.compile(rb'"(/work/|/home/|/root/|/tmp/|/Users/|[A-Z]:\\\\)')
+    for p in packs:
+        with zipfile.ZipFile(p) as z:
+            bad = [n for n in z.namelist() if n.endswith(('.json', '.ipynb')) and private.search(z.read(n))]
+        assert not bad, f'{p.name}: {bad[:3]} name a folder of the machine that ran them'
