@@ -594,7 +594,7 @@ def _scored_runs(grid_dir, # a grid folder holding runs/
     if not found: raise ValueError(f"no run under {runs} stores {attack} scores")
     return found
 
-TWO_RELEASE_INPUTS = ('lira_offline', 'rmia')  # the single-release attacks whose statistics two_release's features hold, on either release
+TWO_RELEASE_INPUTS = ('lira_offline', 'rmia')  # the single-release attacks whose statistics the release attacks' features hold (two_release: on either release)
 
 def _combine_seeds(per: dict, # (setting key, (A, B)) -> one `evidence.paired_change` (B - A) per cell (seed)
                    names: dict, # setting key -> the single-release attacks picked in its cells (the 'single' arm)
@@ -645,7 +645,7 @@ def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores
 RELEASE_COMPARISONS = (('single', 'two_release'), ('single', 'multi_release'), ('two_release', 'multi_release'))  # (A, B): B - A
 
 def release_table(runs, # a grid folder holding runs/, or a list of (params, scores) pairs: scores per state (`runs.read_scores`) or a run folder's flat arrays
-                  single: tuple = ('lira_offline', 'rmia'), # single-release attacks on the attacked release (multi_release's inputs)
+                  single: tuple = TWO_RELEASE_INPUTS, # single-release attacks on the attacked release (the release attacks' inputs)
                   margin: float = 0.02, # the smallest AUC change that matters, both ways (as in mia_pruning.claims)
                   alpha: float = 0.05, # 1 - confidence level
                  ) -> pd.DataFrame:
