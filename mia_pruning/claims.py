@@ -130,6 +130,8 @@ class ClaimData:
             self.cells = self.cells[self.cells['cell_id'].isin(self._scores)].reset_index(drop=True)
             if self.cells.empty: raise ValueError(f'no cell of {str(g / "summary.csv")!r} has a usable run folder under {str(g / "runs")!r}')
         unit = self._merge_units()
+        # the most seeds any setting of this grid has: a setting of one seed among settings of several is no test (`too_few_seeds`)
+        self.max_seeds = int(self.cells.groupby([*self.setting_keys, *DEFENSE_KEYS], dropna=False)['seed'].nunique().max())
         s = self.summary[self.summary['cell_id'].isin(unit)]
         s = s.assign(cell_id=s['cell_id'].map(unit))
         clash = s.groupby(['cell_id', 'model_state', 'attack'])['auc'].nunique() if 'auc' in s else pd.Series(dtype=int)
@@ -171,6 +173,11 @@ class ClaimData:
                 elif not np.array_equal(into[st].scores[a], v):
                     raise ValueError(f'cells {keep} and {other} of one setting, defense and seed give {a} on the {st} victim different scores: '
                                      'something else varies between them; name it in claims.EXTRA_KEYS')
+
+    def too_few_seeds(self, n: int) -> str:
+        "Why a row of `n` seeds is no test ('' when it is one): one seed, where other settings of this grid have several."
+        if n != 1 or self.max_seeds < 2: return ''  # a grid of one seed throughout: its intervals cover the members, and say so ('members only (1 seed)')
+        return f"one seed, where this grid's other settings have up to {self.max_seeds}: its interval covers the members only, not training randomness"
 
     def scores(self, cell_id: str) -> dict[str, StateArrays]: return self._scores[cell_id]
 
@@ -334,7 +341,7 @@ def risk_table(data: ClaimData, # the grid's cells and per-seed changes
         cids = list(g['cell_id'])
         attacks = data.attacks(cids)
         prim = primary_attacks(attacks)
-        why_setting = regime(g, 1.0 / data.n_classes(cids))
+        why_setting = regime(g, 1.0 / data.n_classes(cids)) or data.too_few_seeds(len(g))
         n = data.auc_change((cids[0], 'dense', attacks[0]), (cids[0], 'pruned', attacks[0])) if attacks else {}
         for a in attacks:
             per = [data.auc_change((c, 'dense', a), (c, 'pruned', a)) for c in cids]
@@ -378,7 +385,7 @@ def gap_tables(data: ClaimData) -> tuple[pd.DataFrame, pd.DataFrame]:
     if data.source != 'scores': return pd.DataFrame(), pd.DataFrame()
     for key, g in data.groups(data.undefended(), data.setting_keys):
         sc = [data.scores(c) for c in g['cell_id']]
-        why = regime(g, 1.0 / data.n_classes(list(g['cell_id'])))
+        why = regime(g, 1.0 / data.n_classes(list(g['cell_id']))) or data.too_few_seeds(len(g))
         names = class_names(key.get('dataset', ''), int(max(s['dense'].common['labels'].max() for s in sc)) + 1)
         for q, (k, sign) in GAP_QUANTITIES.items():
             if not all(k in s['dense'].common and k in s['pruned'].common for s in sc): continue
@@ -422,7 +429,7 @@ def samia_table(data: ClaimData, margin: float = MARGIN) -> pd.DataFrame:
         present = data.attacks(cids, 'pruned', both=False)
         if 'samia' not in present: continue
         nl = set().union(*g['not_learned'])
-        why_setting = regime(g, 1.0 / data.n_classes(cids))
+        why_setting = regime(g, 1.0 / data.n_classes(cids)) or data.too_few_seeds(len(g))
         for against, names in SAMIA_AGAINST.items():
             base = next((a for a in names if a in present), None)
             if base is None: continue
@@ -465,7 +472,7 @@ def ppb_table(data: ClaimData, margin: float = MARGIN, acc_budget: float = ACC_B
         nl = set().union(*(by_id.loc[d, 'not_learned'] for d, _ in pairs), *(by_id.loc[u, 'not_learned'] for _, u in pairs))
         for a in attacks:
             per = [data.auc_change((u, 'pruned', a), (d, 'pruned', a)) for d, u in pairs]
-            r = _combine(per, margin, 'the attack did not learn' if a in nl else '')
+            r = _combine(per, margin, data.too_few_seeds(len(pairs)) or ('the attack did not learn' if a in nl else ''))
             rows.append({**key, 'attack': a, 'family': _family(a), 'primary': a in prim, 'n_seeds': len(pairs),
                          'auc_undefended': r.pop('_a'), 'auc_defended': r.pop('_b'), **r, 'not_learned': a in nl,
                          'acc_change': ra['estimate'], 'acc_lo': ra['lo'], 'acc_hi': ra['hi'],
@@ -509,7 +516,7 @@ def decomposition_table(data: ClaimData, # the grid's cells and per-seed changes
                     fr, to = fr or ctl, to or ctl
                     per = [data.auc_change((c, fr, a), (c, to, a)) for c in cids]
                     if not all(math.isfinite(p['diff']) and math.isfinite(p['se']) for p in per): warnings.warn(f'{key} {ctl} {a}: non-finite scores, left out'); break
-                    why = ('' if comp == 'fine-tuning' else why_setting) or ('the attack did not learn' if nl else '')
+                    why = ('' if comp == 'fine-tuning' else why_setting) or data.too_few_seeds(len(g)) or ('the attack did not learn' if nl else '')
                     r = _combine(per, margin, why)
                     rows.append({**key, 'control': ctl, 'attack': a, 'primary': a in prim, 'component': comp, 'from': fr, 'to': to,
                                  'n_seeds': len(g), 'seeds': ' '.join(str(int(x)) for x in g['seed']),

@@ -14,12 +14,12 @@ from .plugins import short_name  # a plug-in's name fit for a file name
 # %% auto #0
 __all__ = ['REQUIRED_COLUMNS', 'MODEL_STATES', 'BASELINES', 'METRIC_LABELS', 'NUMERIC_COLUMNS', 'TPR_COLUMNS', 'FAMILIES',
            'TRADEOFF_COLUMNS', 'EPSILON_ALPHA', 'EPSILON_NOTE', 'RELEASE_ATTACKS', 'SETTING_KEYS', 'TWO_RELEASE_INPUTS',
-           'RELEASE_COMPARISONS', 'read_summary_csv', 'load_summary', 'not_learned', 'standard_adversary', 'no_defense',
-           'settings', 'attack_order', 'write_file', 'plot_vs_sparsity', 'resolvable_tpr', 'strongest_per_family',
-           'plot_headline', 'plot_attacks', 'tradeoff_table', 'plot_frontier', 'frontier_group',
-           'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence', 'plot_cell_roc', 'md_table',
-           'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table', 'two_release_table', 'release_table',
-           'make_report']
+           'ATTACK_FIT_KEYS', 'RELEASE_COMPARISONS', 'read_summary_csv', 'load_summary', 'not_learned',
+           'standard_adversary', 'no_defense', 'settings', 'attack_order', 'write_file', 'plot_vs_sparsity',
+           'resolvable_tpr', 'strongest_per_family', 'plot_headline', 'plot_attacks', 'tradeoff_table', 'plot_frontier',
+           'frontier_group', 'plot_defense_frontier', 'defense_table', 'divergence_cell', 'plot_divergence',
+           'plot_cell_roc', 'md_table', 'attack_table', 'accuracy_table', 'attack_summary', 'epsilon_table',
+           'two_release_table', 'schedule_table', 'release_table', 'make_report']
 
 # %% ../nbs/12_report.ipynb #4cbb3295
 REQUIRED_COLUMNS = ['dataset', 'arch', 'prune_method', 'sparsity', 'defense', 'model_state', 'attack', 'attack_acc', 'test_acc']
@@ -641,6 +641,52 @@ def two_release_table(grid_dir, # a grid folder holding runs/ (per-sample scores
     return t.drop(columns=['comparison', 'b']).rename(columns={'a': 'best_input', 'auc_a': 'auc_best_input', 'auc_b': 'auc_two_release'})
 
 
+# %% ../nbs/12_report.ipynb #c234ba2b
+ATTACK_FIT_KEYS = ('attack_recipe', 'attack_epochs', 'attack_check', 'num_shadows', 'shadow_prune_method', 'shadow_sparsity', 'dense_shadows')  # what a learned attack's fit reads besides its schedule
+
+def _learned_in(run_dir) -> set:
+    "The attacks of a run folder that trained a model: its rows report their training check (`converged`)."
+    from mia_pruning.core import load_json
+    rows = load_json(Path(run_dir) / 'rows.json')
+    return {r['attack'] for r in rows if isinstance(r.get('converged'), (bool, int, float)) and not (isinstance(r['converged'], float) and math.isnan(r['converged']))}
+
+def schedule_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
+                   margin: float = 0.02, # the smallest AUC change that matters, both ways (as in mia_pruning.claims)
+                   alpha: float = 0.05, # 1 - confidence level
+                  ) -> pd.DataFrame:
+    "Per setting, model state and learned attack: AUC stopped on the held-out shadow loss minus AUC at the fixed schedule, same victim and members (DeLong), seeds by random effects."
+    from mia_pruning.evidence import paired_change
+    from mia_pruning.runs import summary_runs, read_scores, read_params
+    if not (Path(grid_dir) / 'runs').is_dir(): raise FileNotFoundError(f'{Path(grid_dir) / "runs"} does not exist: the comparison needs the run folders')
+    fits = {}  # (setting, seed, fit keys) -> attack_stop -> [(run folder, its states, its learned attacks)]
+    for rd in summary_runs(grid_dir)[0]:
+        prm = read_params(rd)[0]
+        key = (_setting(prm), prm.get('seed'), tuple(prm.get(k) for k in ATTACK_FIT_KEYS))
+        fits.setdefault(key, {}).setdefault(prm.get('attack_stop', 'epochs'), []).append(rd)
+    per = {}
+    for (setting, seed, _), by in fits.items():
+        if not {'epochs', 'heldout'} <= set(by): continue
+        arms = {}
+        for stop in ('epochs', 'heldout'):  # per state, every learned attack any run of this schedule scored (the first run's, when two hold one)
+            arms[stop] = {}
+            for rd in by[stop]:
+                learned = _learned_in(rd)
+                for st, sa in read_scores(rd).items():
+                    have = arms[stop].setdefault(st, (sa, {}))
+                    if not (np.array_equal(have[0].is_member, sa.is_member) and np.array_equal(have[0].common.get('py'), sa.common.get('py'))):
+                        raise ValueError(f'{rd}: its {st} victim is not the one of {by[stop][0]} (members or outputs differ), though they share setting and seed')
+                    for a in learned & set(sa.scores): have[1].setdefault(a, sa.scores[a])
+        for st in sorted(set(arms['epochs']) & set(arms['heldout'])):
+            (ea, es), (ha, hs) = arms['epochs'][st], arms['heldout'][st]
+            if not (np.array_equal(ea.is_member, ha.is_member) and np.array_equal(ea.common.get('py'), ha.common.get('py'))):
+                warnings.warn(f'setting {setting}, seed {seed}: the {st} victims of the two schedules differ; left out'); continue
+            for a in sorted(set(es) & set(hs)):
+                per.setdefault((setting + (st, a), ('epochs', 'heldout')), []).append(paired_change(es[a], hs[a], ea.is_member, 'auc'))
+    if not per: raise ValueError(f"no two runs under {Path(grid_dir) / 'runs'} fit a learned attack on one victim with attack_stop 'epochs' and 'heldout' "
+                                 f'and otherwise the same fit ({", ".join(ATTACK_FIT_KEYS)})')
+    t = pd.DataFrame(_combine_seeds(per, {}, SETTING_KEYS + ('model_state', 'attack'), margin, alpha))
+    return t.drop(columns=['a', 'b']).rename(columns={'auc_a': 'auc_epochs', 'auc_b': 'auc_heldout'})
+
 # %% ../nbs/12_report.ipynb #10e13918
 RELEASE_COMPARISONS = (('single', 'two_release'), ('single', 'multi_release'), ('two_release', 'multi_release'))  # (A, B): B - A
 
@@ -726,4 +772,8 @@ def make_report(out_dir: str | Path, # a grid folder holding summary.csv (and ru
                 return table('releases', '### One release, two releases, all releases: AUC changes paired per seed (DeLong), seeds by random effects\n\n'
                              + md_table(t.drop(columns=[c for c in ('se', 'interval', 'reason') if c in t])))
             attempt('releases', releases)
+        if 'attack_stop' in df and df['attack_stop'].nunique() > 1:  # a learned attack fitted under both schedules (issue 26 item 4)
+            attempt('attack_schedule', lambda: table('attack_schedule', '### Learned attacks stopped on the held-out shadow loss vs the fixed schedule, on the same '
+                                                      'victim and members: AUC change heldout - epochs, DeLong per seed, seeds by random effects, margin 0.02 both ways\n\n'
+                                                      + md_table(schedule_table(out_dir).drop(columns=['comparison', 'se', 'reason']))))
     return {'written': written, 'skipped': skipped}

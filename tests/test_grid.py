@@ -425,25 +425,4 @@ def test_sigkill_mid_grid_then_rerun_completes_each_cell_once(tmp_path, stub, mo
     assert len(pd.read_csv(out / 'summary.csv')) == 4 * 4 and not (out / '.lock').exists()
 
 
-# ---------------------------------------------------------------- the real notebook: local vs Dask
-@pytest.mark.slow  # about 1-2 minutes on 2 cores: four real cells, each kernel imports torch and the pipeline
-def test_local_and_dask_give_identical_metrics(tmp_path, monkeypatch):
-    monkeypatch.setenv('IN_TEST', '1')
-    spec = {'name': 'two', 'axes': {'sparsity': [0.5, 0.9]},
-            'fixed': {'dataset': 'digits', 'arch': 'mlp', 'num_shadows': 1, 'epochs': 3, 'attacks': 'gap,conf,loss',
-                      'n_boot': 20, 'num_references': 0}}
-    reports = {}
-    for ex in ('local', 'dask'):  # separate caches: each executor computes everything itself
-        monkeypatch.setenv('MIA_PRUNING_CACHE', str(tmp_path / f'cache_{ex}'))
-        reports[ex] = G.run_grid(spec, out_dir=tmp_path / ex, executor=ex, workers=2, progress=False)
-        assert reports[ex].ok, reports[ex]
-    assert reports['local'].cell_ids == reports['dask'].cell_ids
-    for cid in reports['local'].cell_ids:
-        a = json.loads((tmp_path / 'local' / 'runs' / cid / 'metrics.json').read_text())
-        b = json.loads((tmp_path / 'dask' / 'runs' / cid / 'metrics.json').read_text())
-        assert a == b and len(a) > 10
-        assert (tmp_path / 'local' / 'runs' / cid / 'run.ipynb').exists()
-    s_local = pd.read_csv(tmp_path / 'local' / 'summary.csv')
-    s_dask = pd.read_csv(tmp_path / 'dask' / 'summary.csv')
-    pd.testing.assert_frame_equal(s_local, s_dask)
-    assert len(s_local) == 2 * 2 * 3 and np.isfinite(s_local[['attack_acc', 'auc', 'test_acc']].to_numpy()).all()
+# (the real notebook under Dask, a LocalCluster and a real scheduler, against the local pool: tests/test_scheduling.py)

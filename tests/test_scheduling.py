@@ -1,5 +1,5 @@
 """Model-level scheduling of a grid: every distinct model is trained once, as its own task, before the cells that use it;
-the cells give the same numbers as a cell trained on its own; the per-entry cache lock; a real Dask scheduler.
+the cells give the same numbers as a cell trained on its own; the per-entry cache lock; Dask (a LocalCluster and a real scheduler) against the local pool.
 
 The grids here are tiny (digits, mlp, 1 shadow, 2 epochs, two threshold attacks) and run the real experiment notebook.
 """
@@ -17,6 +17,9 @@ TINY = {'dataset': 'digits', 'arch': 'mlp', 'num_shadows': 1, 'epochs': 2, 'atta
         'n_boot': 0, 'num_references': 0, 'sparsity': 0.5}
 METHODS = ['l1_unstructured', 'global_unstructured']
 SPEC = {'name': 'sched', 'fixed': TINY, 'axes': {'prune_method': METHODS}}
+# every test that reads the module's local grid runs in one pytest-xdist worker (pytest.ini: --dist loadgroup), so the grid
+# is built once, not once per worker that happens to get one of its tests
+pytestmark = pytest.mark.xdist_group('scheduling_local_grid')
 
 
 def canon(d) -> str: return json.dumps(d, sort_keys=True, default=str)  # NaN-safe equality
@@ -40,14 +43,27 @@ def summary_metrics(out: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope='module')
 def local_grid(tmp_path_factory):
-    "The tiny grid, model-level scheduling, a local pool of 2 workers, one torch thread each, a fresh cache."
-    root = tmp_path_factory.mktemp('local')
-    old = os.environ.get('MIA_PRUNING_CACHE')
-    os.environ['MIA_PRUNING_CACHE'] = str(root / 'cache')
-    try: rep = G.run_grid(SPEC, out_dir=root / 'out', workers=2, threads=1, progress=False)
-    finally:
-        if old is None: os.environ.pop('MIA_PRUNING_CACHE', None)
-        else: os.environ['MIA_PRUNING_CACHE'] = old
+    """The tiny grid, model-level scheduling, a local pool of 2 workers, one torch thread each, a fresh cache.
+
+    Built once per test session: pytest-xdist may hand this module's tests to both workers, and each would build its own
+    copy of a module fixture. The first builder holds a lock in the session's shared temp folder; the other waits and
+    reads the finished grid and its report (written by this session, as JSON)."""
+    import dataclasses, fcntl
+    worker = os.environ.get('PYTEST_XDIST_WORKER')  # set in an xdist worker, whose basetemp sits in the session's folder
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    root, record = shared / 'scheduling_local_grid', shared / 'scheduling_local_grid.json'
+    with open(shared / 'scheduling_local_grid.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.exists():
+            old = os.environ.get('MIA_PRUNING_CACHE')
+            os.environ['MIA_PRUNING_CACHE'] = str(root / 'cache')
+            try: rep = G.run_grid(SPEC, out_dir=root / 'out', workers=2, threads=1, progress=False)
+            finally:
+                if old is None: os.environ.pop('MIA_PRUNING_CACHE', None)
+                else: os.environ['MIA_PRUNING_CACHE'] = old
+            record.write_text(json.dumps(dataclasses.asdict(rep), default=str))
+        d = json.loads(record.read_text())
+    rep = G.GridReport(**{**d, 'out_dir': Path(d['out_dir']), 'summary_path': d['summary_path'] and Path(d['summary_path'])})
     assert rep.ok, rep  # (every test below reads this grid)
     return root, rep
 
@@ -68,10 +84,15 @@ def test_each_distinct_model_is_trained_once(local_grid):
         assert {k: (v['built'], v['found']) for k, v in prov['models'].items()} == {'dense_model': (0, 2), 'pruned_model': (0, 2)}
         assert prov['attack_states']['pruned']['cached'] is False and prov['attack_states']['pruned']['built']
         assert 'attacks_pruned_built' in prov['timings']  # each cell built its own pruned attack state
-    # the two cells share the dense state: exactly one of them built it, the other found it (not presented as redone)
+    # the two cells share the dense state: each of its attacks was built by exactly one of them and found by the other (never
+    # redone). Which cell builds which attack depends on timing: both reach the dense state at once, and each attack entry's
+    # lock lets the first builder in and hands the entry to the other
     states = [json.loads((root / 'out' / 'runs' / c / 'params.json').read_text())['provenance'] for c in rep.cell_ids]
-    assert sorted(s['attack_states']['dense']['cached'] for s in states) == [False, True]
-    assert sorted('attacks_dense_built' in s['timings'] for s in states) == [False, True]
+    built = [s['attack_states']['dense']['built'] for s in states]
+    assert sorted(built[0] + built[1]) == sorted(TINY['attacks'].split(',')), built
+    for s, b in zip(states, built):
+        assert sorted(s['timings'].get('attacks_dense_built', {})) == sorted(b)  # the seconds of exactly what it built
+        if b: assert s['attack_states']['dense']['cached'] is False  # a cell that built part of the state does not call it cached
     # grid.json: the wall seconds and where the time went
     g = json.loads((root / 'out' / 'grid.json').read_text())
     assert g['schedule'] == 'models' and g['seconds'] > 0 and g['stages']['models']['trained'] == 6
@@ -145,6 +166,28 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
+def same_runs(out: Path, ref: Path, cell_ids):
+    "The grid in `out` gives the reference grid's metrics, cell by cell, and its summary's numbers."
+    pd.testing.assert_frame_equal(summary_metrics(out), summary_metrics(ref))
+    for cid in cell_ids:
+        a = json.loads((out / 'runs' / cid / 'metrics.json').read_text())
+        b = json.loads((ref / 'runs' / cid / 'metrics.json').read_text())
+        assert canon(a) == canon(b) and len(a) > 10
+        assert (out / 'runs' / cid / 'run.ipynb').exists()
+
+
+@pytest.mark.slow  # about a minute on 2 cores: a LocalCluster starts, its workers start kernels that import torch
+def test_a_local_dask_cluster_gives_the_local_pool_metrics(local_grid, tmp_path, monkeypatch):
+    "executor='dask' without a scheduler (a LocalCluster of 2 workers), its own empty cache: every model and number as the local pool's."
+    pytest.importorskip('distributed')
+    root, rep = local_grid
+    monkeypatch.setenv('MIA_PRUNING_CACHE', str(tmp_path / 'cache'))
+    drep = G.run_grid(SPEC, out_dir=tmp_path / 'out', executor='dask', workers=2, threads=1, progress=False)
+    assert drep.ok, drep
+    assert drep.cell_ids == rep.cell_ids and len(drep.models) == 6 and all(r['built'] for r in drep.models.values())
+    same_runs(tmp_path / 'out', root / 'out', drep.cell_ids)
+
+
 def test_real_dask_scheduler_gives_the_local_pool_metrics(local_grid, tmp_path, monkeypatch):
     pytest.importorskip('distributed')
     root, rep = local_grid
@@ -177,11 +220,7 @@ def test_real_dask_scheduler_gives_the_local_pool_metrics(local_grid, tmp_path, 
         assert drep.ok, drep
         assert len(drep.models) == 6 and all(r['built'] for r in drep.models.values())
         assert len(entries(tmp_path / 'cache', 'dense_model')) == 2 and len(entries(tmp_path / 'cache', 'pruned_model')) == 4
-        pd.testing.assert_frame_equal(summary_metrics(tmp_path / 'out'), summary_metrics(root / 'out'))
-        for cid in drep.cell_ids:
-            a = json.loads((tmp_path / 'out' / 'runs' / cid / 'metrics.json').read_text())
-            b = json.loads((root / 'out' / 'runs' / cid / 'metrics.json').read_text())
-            assert canon(a) == canon(b)
+        same_runs(tmp_path / 'out', root / 'out', drep.cell_ids)
     finally:
         for p in procs[::-1]:
             p.terminate()
