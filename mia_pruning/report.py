@@ -647,8 +647,11 @@ ATTACK_FIT_KEYS = ('attack_recipe', 'attack_epochs', 'attack_check', 'num_shadow
 def _learned_in(run_dir) -> set:
     "The attacks of a run folder that trained a model: its rows report their training check (`converged`)."
     from mia_pruning.core import load_json
-    rows = load_json(Path(run_dir) / 'rows.json')
-    return {r['attack'] for r in rows if isinstance(r.get('converged'), (bool, int, float)) and not (isinstance(r['converged'], float) and math.isnan(r['converged']))}
+    return {r['attack'] for r in load_json(Path(run_dir) / 'rows.json') if pd.notna(r.get('converged'))}
+
+def _same_victim(a, b) -> bool:
+    "Two states' arrays (`runs.StateArrays`) come from one victim: the same members and the same outputs `py`."
+    return np.array_equal(a.is_member, b.is_member) and np.array_equal(a.common.get('py'), b.common.get('py'))
 
 def schedule_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
                    margin: float = 0.02, # the smallest AUC change that matters, both ways (as in mia_pruning.claims)
@@ -658,7 +661,7 @@ def schedule_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
     from mia_pruning.evidence import paired_change
     from mia_pruning.runs import summary_runs, read_scores, read_params
     if not (Path(grid_dir) / 'runs').is_dir(): raise FileNotFoundError(f'{Path(grid_dir) / "runs"} does not exist: the comparison needs the run folders')
-    fits = {}  # (setting, seed, fit keys) -> attack_stop -> [(run folder, its states, its learned attacks)]
+    fits = {}  # (setting, seed, fit keys) -> attack_stop -> [run folder]
     for rd in summary_runs(grid_dir)[0]:
         prm = read_params(rd)[0]
         key = (_setting(prm), prm.get('seed'), tuple(prm.get(k) for k in ATTACK_FIT_KEYS))
@@ -673,12 +676,12 @@ def schedule_table(grid_dir, # a grid folder holding runs/ (per-sample scores)
                 learned = _learned_in(rd)
                 for st, sa in read_scores(rd).items():
                     have = arms[stop].setdefault(st, (sa, {}))
-                    if not (np.array_equal(have[0].is_member, sa.is_member) and np.array_equal(have[0].common.get('py'), sa.common.get('py'))):
+                    if not _same_victim(have[0], sa):
                         raise ValueError(f'{rd}: its {st} victim is not the one of {by[stop][0]} (members or outputs differ), though they share setting and seed')
                     for a in learned & set(sa.scores): have[1].setdefault(a, sa.scores[a])
         for st in sorted(set(arms['epochs']) & set(arms['heldout'])):
             (ea, es), (ha, hs) = arms['epochs'][st], arms['heldout'][st]
-            if not (np.array_equal(ea.is_member, ha.is_member) and np.array_equal(ea.common.get('py'), ha.common.get('py'))):
+            if not _same_victim(ea, ha):
                 warnings.warn(f'setting {setting}, seed {seed}: the {st} victims of the two schedules differ; left out'); continue
             for a in sorted(set(es) & set(hs)):
                 per.setdefault((setting + (st, a), ('epochs', 'heldout')), []).append(paired_change(es[a], hs[a], ea.is_member, 'auc'))

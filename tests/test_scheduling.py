@@ -17,9 +17,6 @@ TINY = {'dataset': 'digits', 'arch': 'mlp', 'num_shadows': 1, 'epochs': 2, 'atta
         'n_boot': 0, 'num_references': 0, 'sparsity': 0.5}
 METHODS = ['l1_unstructured', 'global_unstructured']
 SPEC = {'name': 'sched', 'fixed': TINY, 'axes': {'prune_method': METHODS}}
-# every test that reads the module's local grid runs in one pytest-xdist worker (pytest.ini: --dist loadgroup), so the grid
-# is built once, not once per worker that happens to get one of its tests
-pytestmark = pytest.mark.xdist_group('scheduling_local_grid')
 
 
 def canon(d) -> str: return json.dumps(d, sort_keys=True, default=str)  # NaN-safe equality
